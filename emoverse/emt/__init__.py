@@ -1,0 +1,1 @@
+"""EMT: the Emotion Multitask instruction set (manifest format, demo set, mixtures)."""

@@ -1,0 +1,1 @@
+"""Evaluation: generation, parsing and the paper's metrics, and the report table."""

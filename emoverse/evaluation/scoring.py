@@ -1,0 +1,52 @@
+"""Score predictions per task against the manifest's gold labels, with baselines. No Ray."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from emoverse.tasks import TASK_NAMES, get_task
+
+
+def score(manifest: pd.DataFrame, predictions: pd.DataFrame) -> dict[str, dict]:
+    """Per task: metrics of `predictions` (sample_id, prediction) on their manifest rows."""
+    rows = manifest.set_index("sample_id")
+    results = {}
+    for task_name in TASK_NAMES:
+        preds = predictions[predictions.task == task_name]
+        if preds.empty:
+            continue
+        task = get_task(task_name)
+        golds = [task.gold(rows.loc[sid]) for sid in preds.sample_id]
+        answers = [task.parse(text) for text in preds.prediction]
+        results[task_name] = {"primary": task.primary_metric, **task.score(golds, answers)}
+    return results
+
+
+def baselines(manifest: pd.DataFrame, eval_ids: dict[str, list[str]]) -> dict[str, dict]:
+    """Majority-class baseline per task: learnt on the train split, scored on `eval_ids`."""
+    results = {}
+    rows = manifest.set_index("sample_id")
+    for task_name, ids in eval_ids.items():
+        task = get_task(task_name)
+        train = manifest[(manifest.task == task_name) & (manifest.split == "train")]
+        train_golds = [task.gold(r) for _, r in train.iterrows()]
+        golds = [task.gold(rows.loc[sid]) for sid in ids]
+        answers = task.answers_from_values(task.baseline(train_golds, golds))
+        results[task_name] = {"primary": task.primary_metric, **task.score(golds, answers)}
+    return results
+
+
+def table(columns: dict[str, dict[str, dict]]) -> str:
+    """A plain-text table: one row per task, one column per named result set."""
+    names = list(columns)
+    tasks = [t for t in TASK_NAMES if any(t in c for c in columns.values())]
+    header = ["task", "metric", *names]
+    lines = [header]
+    for t in tasks:
+        primary = next(c[t]["primary"] for c in columns.values() if t in c)
+        cells = [f"{columns[n][t][primary]:.3f}" if t in columns[n] else "-" for n in names]
+        lines.append([t.upper(), primary, *cells])
+    widths = [max(len(r[i]) for r in lines) for i in range(len(header))]
+    out = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in lines]
+    out.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(out)

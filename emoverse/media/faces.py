@@ -1,0 +1,106 @@
+"""Face detection behind one small interface, with two OpenCV backends.
+
+- YuNet (`cv2.FaceDetectorYN`): accurate and fast; needs its ONNX weights (a path in the
+  media config), which the project does not ship.
+- Haar cascade: ships inside opencv-python-headless 4.x, so it is always available.
+  `minSize` keeps it from locking onto an eye.
+A detector returns boxes (x, y, w, h, score) per frame; `choose_face` keeps the largest,
+most central one, and `smooth_boxes` steadies it across a clip's frames.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import numpy as np
+
+
+class FaceDetector(Protocol):
+    def detect(self, frame: np.ndarray) -> np.ndarray:
+        """Boxes as an (n, 5) float array of x, y, w, h, score for an RGB uint8 frame."""
+
+
+class YuNetDetector:
+    def __init__(self, model_path: str, score_threshold: float = 0.6):
+        import cv2
+
+        self._net = cv2.FaceDetectorYN.create(model_path, "", (320, 320), score_threshold, 0.3, 20)
+        self._size = (0, 0)
+
+    def detect(self, frame: np.ndarray) -> np.ndarray:
+        import cv2
+
+        h, w = frame.shape[:2]
+        if (w, h) != self._size:
+            self._net.setInputSize((w, h))
+            self._size = (w, h)
+        _, faces = self._net.detect(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+        if faces is None:
+            return np.zeros((0, 5), np.float32)
+        return np.concatenate([faces[:, :4], faces[:, 14:15]], axis=1).astype(np.float32)
+
+
+class HaarDetector:
+    def __init__(self, min_size_ratio: float = 0.25):
+        import cv2
+
+        path = cv2.data.haarcascades + "haarcascade_frontalface_default.xml"
+        self._cascade = cv2.CascadeClassifier(path)
+        if self._cascade.empty():
+            raise RuntimeError(f"OpenCV Haar cascade not found at {path} (opencv>=5 ships none)")
+        self._ratio = min_size_ratio
+
+    def detect(self, frame: np.ndarray) -> np.ndarray:
+        import cv2
+
+        gray = cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY)
+        side = max(24, int(self._ratio * min(gray.shape)))
+        boxes = self._cascade.detectMultiScale(gray, 1.1, 2, minSize=(side, side))
+        if len(boxes) == 0:
+            return np.zeros((0, 5), np.float32)
+        return np.concatenate([np.asarray(boxes, np.float32),
+                               np.ones((len(boxes), 1), np.float32)], axis=1)
+
+
+class NoDetector:
+    """Skips detection: every frame falls back to the centre crop."""
+
+    def detect(self, frame: np.ndarray) -> np.ndarray:
+        return np.zeros((0, 5), np.float32)
+
+
+def make_detector(kind: str, yunet_model: str | None = None,
+                  score_threshold: float = 0.6) -> FaceDetector:
+    if kind == "yunet":
+        if not yunet_model:
+            raise ValueError("the yunet detector needs the path of its ONNX model")
+        return YuNetDetector(yunet_model, score_threshold)
+    if kind == "haar":
+        return HaarDetector()
+    if kind == "none":
+        return NoDetector()
+    raise ValueError(f"unknown face detector {kind!r} (yunet, haar or none)")
+
+
+def choose_face(boxes: np.ndarray, frame_shape: tuple[int, ...]) -> np.ndarray | None:
+    """The largest face, discounted by its distance from the frame centre."""
+    if len(boxes) == 0:
+        return None
+    h, w = frame_shape[:2]
+    centres = boxes[:, :2] + boxes[:, 2:4] / 2
+    dist = np.hypot((centres[:, 0] - w / 2) / w, (centres[:, 1] - h / 2) / h)
+    area = boxes[:, 2] * boxes[:, 3]
+    return boxes[int(np.argmax(area * (1.0 - dist)))][:4]
+
+
+def smooth_boxes(boxes: list[np.ndarray | None]) -> list[np.ndarray] | None:
+    """Fill frames without a face from their neighbours and take a running median.
+
+    Returns None when no frame of the clip has a face.
+    """
+    found = [i for i, b in enumerate(boxes) if b is not None]
+    if not found:
+        return None
+    filled = [boxes[min(found, key=lambda j: abs(j - i))] for i in range(len(boxes))]
+    arr = np.stack(filled)
+    return [np.median(arr[max(0, i - 1):i + 2], axis=0) for i in range(len(arr))]

@@ -1,0 +1,1 @@
+"""Model building: the tiny default, loading any HF image-text-to-text model, trainable parts."""

@@ -1,0 +1,110 @@
+"""Load and save models in Hugging Face form, and choose which parts a stage trains.
+
+A stage checkpoint is a directory with `lineage.json` plus either `model/` (full weights,
+`save_pretrained`) or `adapter/` (a peft LoRA adapter over the parent's weights), and
+`processor/`. Anything else is taken to be a plain Hugging Face model directory (or hub
+id), loaded through `AutoModelForImageTextToText` / `AutoProcessor`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from emoverse.recipe import TrainableConfig
+
+LINEAGE = "lineage.json"
+# Vision-language projector module names by architecture (the paper trains it).
+PROJECTORS = ("merger", "multi_modal_projector", "connector", "mlp1")
+LANGUAGE_LINEAR = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
+
+
+def is_checkpoint(path: str | Path) -> bool:
+    return (Path(path) / LINEAGE).is_file()
+
+
+def read_lineage(path: str | Path) -> dict:
+    return json.loads((Path(path) / LINEAGE).read_text())
+
+
+def processor_dir(path: str | Path) -> str:
+    return str(Path(path) / "processor") if is_checkpoint(path) else str(path)
+
+
+def load_processor(path: str | Path, trust_remote_code: bool = False):
+    from transformers import AutoProcessor
+
+    return AutoProcessor.from_pretrained(processor_dir(path), trust_remote_code=trust_remote_code)
+
+
+def load_model(path: str | Path, trust_remote_code: bool = False):
+    """A model from a HF directory/hub id, or from a stage checkpoint (adapters merged)."""
+    from transformers import AutoModelForImageTextToText
+
+    if not is_checkpoint(path):
+        return AutoModelForImageTextToText.from_pretrained(
+            str(path), trust_remote_code=trust_remote_code)
+    path = Path(path)
+    if (path / "model").is_dir():
+        return AutoModelForImageTextToText.from_pretrained(
+            str(path / "model"), trust_remote_code=trust_remote_code)
+    from peft import PeftModel
+
+    base = load_model(read_lineage(path)["parent"], trust_remote_code)
+    return PeftModel.from_pretrained(base, str(path / "adapter")).merge_and_unload()
+
+
+def apply_trainable(model, cfg: TrainableConfig):
+    """Freeze or wrap `model` so that exactly the configured parts train."""
+    if cfg.mode == "full":
+        for name, p in model.named_parameters():
+            p.requires_grad = cfg.vision or not _is_vision(name) or _is_projector(name)
+        return model
+    from peft import LoraConfig, get_peft_model
+
+    projector = sorted({_projector_name(n) for n, _ in model.named_modules() if _is_projector(n)})
+    lora = LoraConfig(
+        r=cfg.lora.r,
+        lora_alpha=cfg.lora.alpha,
+        lora_dropout=cfg.lora.dropout,
+        target_modules=cfg.lora.target_modules or LANGUAGE_LINEAR,
+        modules_to_save=[p for p in projector if p] if cfg.projector else None,
+    )
+    model = get_peft_model(model, lora)
+    if cfg.vision:
+        for name, p in model.named_parameters():
+            if _is_vision(name):
+                p.requires_grad = True
+    return model
+
+
+def _is_vision(name: str) -> bool:
+    return bool(re.search(r"(^|\.)(visual|vision_tower|vision_model)\.", name))
+
+
+def _is_projector(name: str) -> bool:
+    return any(f".{p}." in f".{name}." for p in PROJECTORS)
+
+
+def _projector_name(name: str) -> str:
+    return next((p for p in PROJECTORS if f".{p}." in f".{name}."), "")
+
+
+def save_checkpoint(model, processor, out: str | Path, lineage: dict) -> Path:
+    """Write a stage checkpoint: full weights or adapter, processor, lineage."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    if hasattr(model, "peft_config"):
+        model.save_pretrained(str(out / "adapter"))
+    else:
+        model.save_pretrained(str(out / "model"))
+    processor.save_pretrained(str(out / "processor"))
+    (out / LINEAGE).write_text(json.dumps(lineage, indent=2, sort_keys=True))
+    return out
+
+
+def trainable_summary(model) -> dict:
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return {"parameters": total, "trainable": trainable}

@@ -1,0 +1,183 @@
+"""Typed configuration: media parameters, stages, and the recipe that chains them.
+
+A recipe is YAML validated by these pydantic models. A stage is a recipe entry, not code:
+every stage runs the same training loop with its own mixture and hyperparameters.
+Shipped recipes live in `emoverse/recipes/*.yaml` and are found by name.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, model_validator
+
+from emoverse.tasks import TASK_NAMES
+
+RECIPE_DIR = Path(__file__).parent / "recipes"
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class MediaConfig(Strict):
+    """How clips become model input; every field is part of the media cache key."""
+
+    num_frames: PositiveInt = 8  # uniformly sampled segments, as in the paper
+    size: PositiveInt = 224  # square side of the face crop fed to the model
+    detector: Literal["yunet", "haar", "none"] = "haar"
+    yunet_model: str | None = None  # path to YuNet ONNX weights (detector=yunet)
+    score_threshold: float = Field(0.6, ge=0.0, le=1.0)
+    margin: float = Field(0.25, ge=0.0, le=2.0)  # extra context around the face box
+    max_decode_side: PositiveInt = 480  # decode larger sources at reduced resolution
+
+    @model_validator(mode="after")
+    def _yunet_needs_weights(self) -> "MediaConfig":
+        if self.detector == "yunet" and not self.yunet_model:
+            raise ValueError("media.detector=yunet needs media.yunet_model (path to the ONNX file)")
+        return self
+
+    def key(self) -> str:
+        return hashlib.sha256(self.model_dump_json().encode()).hexdigest()[:12]
+
+
+class MixtureEntry(Strict):
+    task: str
+    source: str = "*"  # a corpus name, or * for every source
+    weight: PositiveFloat
+
+    @model_validator(mode="after")
+    def _known_task(self) -> "MixtureEntry":
+        if self.task not in TASK_NAMES:
+            raise ValueError(f"unknown task {self.task!r}; known: {', '.join(TASK_NAMES)}")
+        return self
+
+
+class LoraConfig(Strict):
+    r: PositiveInt = 16
+    alpha: PositiveInt = 32
+    dropout: float = Field(0.05, ge=0.0, lt=1.0)
+    # Regex over module names; None = every linear layer of the language model.
+    target_modules: str | None = None
+
+
+class TrainableConfig(Strict):
+    """Which parts of the model a stage trains."""
+
+    mode: Literal["full", "lora"] = "lora"
+    lora: LoraConfig = LoraConfig()
+    projector: bool = True  # train the vision-language projector (paper: yes)
+    vision: bool = False  # train the vision encoder (paper: frozen)
+
+
+class StageConfig(Strict):
+    name: str
+    mixture: list[MixtureEntry]
+    epochs: PositiveInt = 2
+    epoch_size: PositiveInt | None = None  # samples per epoch; None = the mixture's pool
+    batch_size: PositiveInt = 8  # global batch per optimizer step (before accumulation)
+    grad_accum: PositiveInt = 1
+    lr: PositiveFloat = 1e-4
+    weight_decay: float = Field(0.0, ge=0.0)
+    warmup_steps: int = Field(0, ge=0)
+    min_lr_ratio: float = Field(0.0, ge=0.0, le=1.0)  # cosine floor as a share of lr
+    max_grad_norm: PositiveFloat = 1.0
+    max_length: PositiveInt = 2048
+    trainable: TrainableConfig = TrainableConfig()
+    seed: int = 0
+    log_every: PositiveInt = 50
+
+    @model_validator(mode="after")
+    def _mixture_not_empty(self) -> "StageConfig":
+        if not self.mixture:
+            raise ValueError(f"stage {self.name!r} has an empty mixture")
+        return self
+
+
+class ScalingConfig(Strict):
+    num_workers: PositiveInt = 2
+    use_gpu: bool = False
+    cpus_per_worker: PositiveFloat = 0.5  # leaves CPU for Ray Data on small machines
+    torch_threads: PositiveInt = 1
+
+
+class EvalConfig(Strict):
+    split: Literal["train", "valid", "test"] = "test"
+    batch_size: PositiveInt = 32
+    max_new_tokens: PositiveInt | None = None  # None = longest target in the split + margin
+
+
+class Recipe(Strict):
+    name: str
+    base_model: str  # a model directory or hub id; "tiny" = the embedded default
+    media: MediaConfig = MediaConfig()
+    stages: list[StageConfig]
+    scaling: ScalingConfig = ScalingConfig()
+    eval: EvalConfig = EvalConfig()
+
+    @model_validator(mode="after")
+    def _stage_names_unique(self) -> "Recipe":
+        names = [s.name for s in self.stages]
+        if not names or len(set(names)) != len(names):
+            raise ValueError(f"recipe {self.name!r} needs stages with unique names, got {names}")
+        return self
+
+    def stage(self, name: str) -> StageConfig:
+        for s in self.stages:
+            if s.name == name:
+                return s
+        raise KeyError(f"recipe {self.name!r} has no stage {name!r}")
+
+    def digest(self) -> str:
+        return hashlib.sha256(self.model_dump_json().encode()).hexdigest()[:16]
+
+
+def shipped_recipes() -> list[str]:
+    return sorted(p.stem for p in RECIPE_DIR.glob("*.yaml"))
+
+
+def _set_path(data: dict, dotted: str, value: Any) -> None:
+    """Apply one `a.b.0.c=value` override; list indices and stage names both work."""
+    keys = dotted.split(".")
+    node: Any = data
+    for key in keys[:-1]:
+        if isinstance(node, list):
+            node = node[int(key)] if key.isdigit() else next(
+                (s for s in node if isinstance(s, dict) and s.get("name") == key), None)
+            if node is None:
+                raise KeyError(f"override {dotted!r}: no list entry named {key!r}")
+        else:
+            node = node.setdefault(key, {})
+    last = keys[-1]
+    if isinstance(node, list):
+        node[int(last)] = value
+    else:
+        node[last] = value
+
+
+def load_recipe(name_or_path: str | Path, overrides: list[str] | None = None) -> Recipe:
+    """Load a shipped recipe by name or a YAML file, applying `key=value` overrides."""
+    path = Path(name_or_path)
+    if not path.is_file():
+        path = RECIPE_DIR / f"{name_or_path}.yaml"
+    if not path.is_file():
+        raise FileNotFoundError(f"no recipe file {name_or_path!r} and no shipped recipe by that "
+                                f"name (shipped: {', '.join(shipped_recipes())})")
+    data = yaml.safe_load(path.read_text())
+    for item in overrides or []:
+        if "=" not in item:
+            raise ValueError(f"override {item!r} is not of the form key=value")
+        key, raw = item.split("=", 1)
+        _set_path(data, key.strip(), yaml.safe_load(raw))
+    return Recipe.model_validate(data)
+
+
+def dump_recipe(recipe: Recipe, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(json.loads(recipe.model_dump_json()), sort_keys=False))
+    return path

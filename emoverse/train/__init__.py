@@ -1,0 +1,1 @@
+"""The M2SE training loop: batches from the model's own processor, loss on answers only."""

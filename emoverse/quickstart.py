@@ -22,13 +22,14 @@ DEFAULT_SIZE = 4600  # ~3000 face-bearing training clips: fewer were memorised, 
 def run_quickstart(out: str | Path | None = None, size: int = DEFAULT_SIZE, seed: int = 0,
                    overrides: list[str] | None = None) -> Path:
     start = time.time()
+    recipe = load_recipe("m2se-tiny", overrides)  # bad overrides fail before any work
     run_dir = Path(out or f"runs/quickstart-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     say(f"run directory: {run_dir}")
 
     say("writing the tiny random-init Qwen2-VL (tokenizer trained in-process)")
     model_dir = write_tiny_model(run_dir / "base-model", instruction_corpus())
-    recipe = load_recipe("m2se-tiny", [f"base_model={model_dir}", *(overrides or [])])
+    recipe = recipe.model_copy(update={"base_model": str(model_dir)})
 
     say(f"generating the demo EMT set ({size} samples, seed {seed})")
     last = [0.0]

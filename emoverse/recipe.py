@@ -63,6 +63,9 @@ class LoraConfig(Strict):
     dropout: float = Field(0.05, ge=0.0, lt=1.0)
     # Regex over module names; None = every linear layer of the language model.
     target_modules: str | None = None
+    # Modules trained in full and saved inside the adapter (peft `modules_to_save`), e.g.
+    # lm_head when the new stage must emit tokens the previous stage learnt to suppress.
+    modules_to_save: tuple[str, ...] = ()
 
 
 class TrainableConfig(Strict):

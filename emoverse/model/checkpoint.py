@@ -69,7 +69,8 @@ def apply_trainable(model, cfg: TrainableConfig):
         lora_alpha=cfg.lora.alpha,
         lora_dropout=cfg.lora.dropout,
         target_modules=cfg.lora.target_modules or LANGUAGE_LINEAR,
-        modules_to_save=[p for p in projector if p] if cfg.projector else None,
+        modules_to_save=[*([p for p in projector if p] if cfg.projector else []),
+                         *cfg.lora.modules_to_save] or None,
     )
     model = get_peft_model(model, lora)
     if cfg.vision:

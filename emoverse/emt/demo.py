@@ -8,8 +8,8 @@ Labels are composed so that each kind of evidence matters:
 - MER names the emotion the words state (anger, fear, surprise, disgust), and when the
   words are neutral, the face decides between joy and sadness;
 - ERI explains the MER emotion with the expression and the topic;
-- ECPE marks, in a 4-utterance conversation with gold emotions, the utterance that
-  mentions the event as the cause of the target utterance's emotion.
+- ECPE marks, in a conversation with gold emotions that ends at the target utterance,
+  the utterance that mentions the event (the target or the one before) as the cause.
 Everything is deterministic for a seed: clip k of the set is rendered from its own
 random stream, so any subset can be regenerated in parallel.
 """
@@ -48,6 +48,7 @@ FACE_ACTIONS = {"smile": ("Cheeks raised", "Lip corners raised"),
 SPEAKERS = ["Anna", "Ben", "Chris", "Dana"]
 EVENTS = ["the gift", "the exam", "the accident", "the party", "the spider", "the letter"]
 FILLERS = ["okay", "I see", "tell me more", "right", "go on", "hmm"]
+EMOTION_WORDS = {**EMOTION_CUES, "joy": POSITIVE, "sadness": NEGATIVE, "neutral": FILLERS}
 
 # Share of each task in the set, and of each split.
 TASK_SHARES = {"fer": 0.3, "msa": 0.3, "mer": 0.24, "eri": 0.08, "ecpe": 0.08}
@@ -82,15 +83,20 @@ def _mer_case(rng: np.random.Generator, expression: str) -> tuple[str, str]:
 
 
 def _conversation(rng: np.random.Generator) -> tuple[list[dict], int, list[dict]]:
-    """A 4-utterance conversation, its target utterance and the target's cause pairs."""
-    n = 4
-    target = int(rng.integers(2, n + 1))
-    cause = int(rng.integers(1, target + 1))
-    emotion = [e for e in EMOTION_CUES] + ["joy", "sadness", "neutral"]
-    target_emotion = emotion[rng.integers(len(emotion))]
+    """A conversation up to its target (last) utterance, and the target's cause pairs.
+
+    As in ECF, causes precede or coincide with the emotion: the cause is the target
+    itself or the utterance before it, whichever mentions the event.
+    """
+    n = int(rng.integers(2, 5))
+    target = n
+    cause = target if rng.random() < 0.5 else target - 1
+    emotions = [e for e in EMOTION_CUES] + ["joy", "sadness", "neutral"]
+    target_emotion = emotions[rng.integers(len(emotions))]
     context = []
     for i in range(1, n + 1):
-        words = _speech(rng, FILLERS)
+        # The target says something that carries its emotion, as emotional turns do.
+        words = _speech(rng, EMOTION_WORDS[target_emotion] if i == target else FILLERS)
         if i == cause:
             words = f"{words} , it is about {_speech(rng, EVENTS)}"
         context.append({"speaker": SPEAKERS[(i - 1) % len(SPEAKERS)], "text": words,

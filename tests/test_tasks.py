@@ -158,16 +158,17 @@ def test_majority_baseline_is_deterministic():
     assert msa.score(["positive"] * 4, msa.answers_from_values(base))["accuracy"] == 0.0
 
 
+GOLDS = {"msa": "negative", "mer": "fear", "fer": ("Brows lowered", "Lip corners lowered"),
+         "eri": {"text": "Fear, because of the dark", "emotion": "fear"},
+         "ecpe": {"pairs": ((2, "fear", 1),)}}
+PARSED = {**GOLDS, "ecpe": ((2, "fear", 1),)}  # ECPE answers carry the pairs only
+
+
 @pytest.mark.parametrize("name", TASK_NAMES)
 def test_format_then_parse_round_trips(name):
     task = get_task(name)
-    gold = {"msa": "negative", "mer": "fear", "fer": ("Brows lowered", "Lip corners lowered"),
-            "eri": {"text": "Fear, because of the dark", "emotion": "fear"},
-            "ecpe": {"pairs": ((2, "fear", 1),)}}[name]
-    parsed = task.parse(task.format_answer(gold))
-    expected = {"eri": {"text": gold["text"] if name == "eri" else None, "emotion": "fear"},
-                "ecpe": ((2, "fear", 1),)}.get(name, gold)
-    assert parsed.ok and parsed.value == expected
+    parsed = task.parse(task.format_answer(GOLDS[name]))
+    assert parsed.ok and parsed.value == PARSED[name]
 
 
 def test_unparsed_answers_never_match_a_class():

@@ -92,15 +92,14 @@ def worker_loop(config: dict) -> None:
 
     def on_log(state, metrics):
         if rank == 0:
-            rate = state.samples * ctx.get_world_size() / max(1e-9, state.compute + state.data_wait)
+            rate = state.samples_per_second * ctx.get_world_size()
             print(f"[{stage.name}] step {state.step}/{config['total_steps']} "
                   f"loss {metrics['loss']:.4f} lr {metrics['lr']:.2e} {rate:.0f} samples/s "
-                  f"data wait {state.data_wait / max(1e-9, state.compute + state.data_wait):.0%}",
-                  flush=True)
+                  f"data wait {state.data_wait_fraction:.0%}", flush=True)
 
     def on_epoch_end(state, metrics):
         report = {"epoch": state.epoch, "step": state.step, "loss": metrics["loss"],
-                  "data_wait_fraction": state.data_wait / max(1e-9, state.data_wait + state.compute)}
+                  "data_wait_fraction": state.data_wait_fraction}
         with tempfile.TemporaryDirectory() as tmp:
             checkpoint = None
             if rank == 0 and state.epoch == stage.epochs:

@@ -10,7 +10,8 @@ import re
 from collections import Counter
 from typing import Any, Mapping, Sequence
 
-from .base import EMOTION_ALIASES, EMOTIONS, Answer, Task, canonical_emotion, unparsed_rate
+from .base import (EMOTION_ALIASES, EMOTIONS, Answer, Task, canonical_emotion, most_common,
+                   unparsed_rate)
 
 _EMOTION_WORDS = re.compile(r"\b(" + "|".join([*EMOTIONS, *EMOTION_ALIASES]) + r")\b", re.I)
 
@@ -64,8 +65,6 @@ class ReasonTask(Task):
         }
 
     def baseline(self, train_golds: Sequence[Any], eval_golds: Sequence[Any]) -> list[Any]:
-        from .base import most_common
-
         text = most_common([g["text"] for g in train_golds])
         return [{"text": text, "emotion": named_emotion(text)} for _ in eval_golds]
 

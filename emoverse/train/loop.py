@@ -24,6 +24,15 @@ class LoopState:
     data_wait: float = 0.0  # seconds spent waiting for batches
     compute: float = 0.0  # seconds spent in forward/backward/step
 
+    @property
+    def data_wait_fraction(self) -> float:
+        return self.data_wait / max(1e-9, self.data_wait + self.compute)
+
+    @property
+    def samples_per_second(self) -> float:
+        """This process's samples over its own training time (waiting included)."""
+        return self.samples / max(1e-9, self.data_wait + self.compute)
+
 
 def make_optimizer(model, stage: StageConfig, total_steps: int):
     import torch

@@ -48,6 +48,33 @@ def _emt_demo(args) -> int:
     return 0
 
 
+def _emt_build(args) -> int:
+    from pathlib import Path
+
+    from emoverse.emt.build import BuildOptions, build, rejections_path
+
+    opts = BuildOptions(
+        source=args.source, root=Path(args.root), inputs=[Path(p) for p in args.input],
+        split=args.split, clips=Path(args.clips) if args.clips else None,
+        episodes=Path(args.episodes) if args.episodes else None, acc2=args.acc2,
+        emotions=Path(args.emotions) if args.emotions else None,
+        openface=Path(args.openface) if args.openface else None,
+        rationales=Path(args.rationales) if args.rationales else None,
+        require_media=not args.no_media_check)
+    path, conv = build(opts, args.out)
+    print(f"wrote {path}: {len(conv.rows)} samples; {len(conv.rejections)} input rows "
+          f"rejected (see {rejections_path(path)})")
+    return 0
+
+
+def _emt_stats(args) -> int:
+    from emoverse.emt.build import stats
+    from emoverse.emt.manifest import read_manifest
+
+    print(stats(read_manifest(args.manifest).to_pandas()))
+    return 0
+
+
 def _recipes(args) -> int:
     from emoverse.recipe import load_recipe, shipped_recipes
 
@@ -110,6 +137,44 @@ def build_parser() -> argparse.ArgumentParser:
                       help="number of samples (default 400)")
     demo.add_argument("--seed", type=int, default=0, help="seed (default 0)")
     demo.set_defaults(func=_emt_demo)
+
+    build = emt.add_parser(
+        "build", help="convert a public corpus into an EMT manifest",
+        description="Convert CMU-MOSEI/MOSI/CH-SIMS (MMSA layout: ROOT/label.csv, "
+                    "ROOT/Raw/{video_id}/{clip_id}.mp4), MELD (*_sent_emo.csv + "
+                    "dia{D}_utt{U}.mp4 clips) or ECF 2.0 (SemEval-2024 Task 3 subtask 2 JSON) "
+                    "into a manifest. Add FER samples from OpenFace CSVs (one per clip, at "
+                    "OPENFACE/{clip key}.csv) and ERI samples from a rationale JSONL. Rows "
+                    "that cannot be used are listed in MANIFEST.rejections.csv with the "
+                    "row, field and reason; the rest of the build completes.")
+    build.add_argument("--source", required=True, choices=["mosei", "mosi", "sims", "meld",
+                                                           "ecf"], help="corpus kind")
+    build.add_argument("--root", required=True, help="corpus directory")
+    build.add_argument("--out", required=True, help="manifest file to write (.parquet)")
+    build.add_argument("--input", action="append", default=[],
+                       help="MELD CSV or ECF JSON file (repeatable; default: all under ROOT)")
+    build.add_argument("--split", choices=["train", "valid", "test"],
+                       help="split of the inputs (default: from the file name)")
+    build.add_argument("--clips", help="directory of per-utterance clips (default: ROOT)")
+    build.add_argument("--episodes", help="ECF: directory of episode videos {episode}.mp4; "
+                                          "media become time spans of them")
+    build.add_argument("--acc2", choices=["non-negative", "exclude-zero"],
+                       default="non-negative",
+                       help="MMSA binary sentiment convention (default non-negative)")
+    build.add_argument("--emotions", help="MOSEI emotion intensities CSV (video_id, clip_id, "
+                                          "happy, sad, anger, surprise, disgust, fear) -> MER")
+    build.add_argument("--openface", help="directory of OpenFace FeatureExtraction CSVs -> FER")
+    build.add_argument("--rationales", help="JSONL of {id, explanation} -> ERI")
+    build.add_argument("--no-media-check", action="store_true",
+                       help="do not require the clip files to exist (e.g. media added later)")
+    build.set_defaults(func=_emt_build)
+
+    stats = emt.add_parser(
+        "stats", help="count a manifest's samples per task, source, split and label",
+        description="Validate a manifest and print its sample counts per task, source and "
+                    "split, and its label distribution per task.")
+    stats.add_argument("manifest", help="manifest Parquet file")
+    stats.set_defaults(func=_emt_stats)
 
     recipes = sub.add_parser(
         "recipes", help="list the shipped training recipes",

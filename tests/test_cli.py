@@ -5,6 +5,7 @@ import pytest
 from emoverse.cli import build_parser, main
 
 COMMANDS = [[], ["quickstart"], ["model"], ["model", "init-tiny"], ["emt"], ["emt", "demo"],
+            ["emt", "build"], ["emt", "stats"],
             ["recipes"]]
 
 

@@ -163,8 +163,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="MMSA binary sentiment convention (default non-negative)")
     build.add_argument("--emotions", help="MOSEI emotion intensities CSV (video_id, clip_id, "
                                           "happy, sad, anger, surprise, disgust, fear) -> MER")
-    build.add_argument("--openface", help="directory of OpenFace FeatureExtraction CSVs -> FER")
-    build.add_argument("--rationales", help="JSONL of {id, explanation} -> ERI")
+    build.add_argument("--openface", help="directory of OpenFace FeatureExtraction CSVs at "
+                                          "{clip key}.csv -> FER (clip keys: MMSA "
+                                          "{video_id}/{clip_id}, MELD {split}-dia{D}_utt{U})")
+    build.add_argument("--rationales", help="JSONL of {\"id\": CLIP_KEY, \"explanation\": TEXT} "
+                                            "-> ERI")
     build.add_argument("--no-media-check", action="store_true",
                        help="do not require the clip files to exist (e.g. media added later)")
     build.set_defaults(func=_emt_build)

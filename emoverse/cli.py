@@ -75,6 +75,40 @@ def _emt_stats(args) -> int:
     return 0
 
 
+def _media_run(args) -> int:
+    from emoverse.distributed.media_stage import run_media_stage
+    from emoverse.distributed.session import ensure_ray
+    from emoverse.media.cache import read_stats
+    from emoverse.recipe import MediaConfig
+
+    media = MediaConfig(num_frames=args.frames, size=args.size, detector=args.detector,
+                        yunet_model=args.yunet_model, margin=args.margin)
+    ensure_ray()
+    out = run_media_stage(args.manifest, media, args.out)
+    stats = read_stats(out)
+    print(f"{out}: {stats['ok']}/{stats['clips']} clips usable, face found in "
+          f"{stats['face_found_rate']:.0%}, {stats['failed']} failed (see {out}/errors.csv)")
+    return 0
+
+
+def _media_inspect(args) -> int:
+    from pathlib import Path
+
+    from emoverse.media.cache import read_clips, read_stats
+    from emoverse.media.contact_sheet import contact_sheet, write_png
+
+    stats = read_stats(args.cache)
+    print(f"clips {stats['clips']}, usable {stats['ok']}, failed {stats['failed']}, "
+          f"face found in {stats['face_found_rate']:.1%} of usable clips")
+    for error in stats["errors"][:10]:
+        print(f"  failed {error['sample_id']}: {error['error']} ({error['media_path']})")
+    clips = read_clips(args.cache, args.count, args.seed)
+    if clips:
+        sheet = write_png(contact_sheet(clips), args.sheet or Path(args.cache) / "contact_sheet.png")
+        print(f"contact sheet of {len(clips)} clips: {sheet} (red frame: no face, centre crop)")
+    return 0
+
+
 def _recipes(args) -> int:
     from emoverse.recipe import load_recipe, shipped_recipes
 
@@ -178,6 +212,35 @@ def build_parser() -> argparse.ArgumentParser:
                     "split, and its label distribution per task.")
     stats.add_argument("manifest", help="manifest Parquet file")
     stats.set_defaults(func=_emt_stats)
+
+    media = sub.add_parser(
+        "media", help="the media stage: decode clips and crop faces on Ray Data",
+        description="Decode every clip of a manifest with decord, sample frames uniformly "
+                    "(the OpenFace peak frame when known), detect and crop the face and cache "
+                    "fixed-shape frames as Parquet under a key of manifest content and media "
+                    "parameters; unusable clips are listed in errors.csv.").add_subparsers(
+        dest="media_command", metavar="ACTION", required=True)
+    run = media.add_parser("run", help="run the media stage on a manifest",
+                           description="Run the media stage on Ray Data (an existing cluster "
+                                       "when RAY_ADDRESS is set) and print its counts.")
+    run.add_argument("manifest", help="EMT manifest (.parquet)")
+    run.add_argument("--out", required=True, help="cache root; the clips land in OUT/<key>/")
+    run.add_argument("--frames", type=positive_int, default=8, help="frames per clip (8)")
+    run.add_argument("--size", type=positive_int, default=224, help="crop side in px (224)")
+    run.add_argument("--detector", choices=["yunet", "haar", "none"], default="haar",
+                     help="face detector (haar ships with OpenCV; yunet needs --yunet-model)")
+    run.add_argument("--yunet-model", help="path to the YuNet ONNX weights")
+    run.add_argument("--margin", type=float, default=0.25, help="context around the face")
+    run.set_defaults(func=_media_run)
+    inspect = media.add_parser(
+        "inspect", help="counts, failures and a contact sheet PNG of a media cache",
+        description="Print a cache's counts, face-found rate and failures, and write a "
+                    "contact sheet PNG of randomly sampled crops: what the model will see.")
+    inspect.add_argument("cache", help="a cache directory (OUT/<key>/ of `media run`)")
+    inspect.add_argument("--count", type=positive_int, default=16, help="clips on the sheet")
+    inspect.add_argument("--seed", type=int, default=0, help="which clips (seed)")
+    inspect.add_argument("--sheet", help="PNG path (default CACHE/contact_sheet.png)")
+    inspect.set_defaults(func=_media_inspect)
 
     recipes = sub.add_parser(
         "recipes", help="list the shipped training recipes",

@@ -34,6 +34,8 @@ class MediaConfig(Strict):
     score_threshold: float = Field(0.6, ge=0.0, le=1.0)
     margin: float = Field(0.25, ge=0.0, le=2.0)  # extra context around the face box
     max_decode_side: PositiveInt = 480  # decode larger sources at reduced resolution
+    max_source_side: PositiveInt = 4096  # larger sources are rejected as unusable
+    use_peak_frame: bool = True  # sample OpenFace's peak-expression frame when known
 
     @model_validator(mode="after")
     def _yunet_needs_weights(self) -> "MediaConfig":

@@ -5,7 +5,7 @@ import pytest
 from emoverse.cli import build_parser, main
 
 COMMANDS = [[], ["quickstart"], ["model"], ["model", "init-tiny"], ["emt"], ["emt", "demo"],
-            ["emt", "build"], ["emt", "stats"],
+            ["emt", "build"], ["emt", "stats"], ["media"], ["media", "run"], ["media", "inspect"],
             ["recipes"]]
 
 

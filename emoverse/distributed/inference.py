@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from emoverse.distributed.media_stage import clip_files
+from emoverse.media.cache import clip_files
 from emoverse.evaluation.generation import AnswerGenerator
 
 COLUMNS = ["sample_id", "task", "split", "prompt", "frames", "ok"]

@@ -19,19 +19,14 @@ from pathlib import Path
 import numpy as np
 
 from emoverse.emt.manifest import manifest_hash, read_manifest
+from emoverse.media.cache import (CLIPS, DONE, ERRORS, PARAMS, cache_stats, clip_files,
+                                   write_error_report)
 from emoverse.media.clips import MediaError, process_clip
 from emoverse.media.faces import make_detector
 from emoverse.recipe import MediaConfig
 
 MEDIA_VERSION = "media/1"
 PASS_THROUGH = ["sample_id", "task", "source", "split", "prompt", "target"]
-DONE = "stats.json"
-CLIPS = "clips"  # the Parquet shards, beside stats.json
-
-
-def clip_files(cache: str | Path) -> str:
-    """The directory of a media cache's Parquet shards, for readers."""
-    return str(Path(cache) / CLIPS)
 
 
 class ClipProcessor:
@@ -49,9 +44,11 @@ class ClipProcessor:
         found, ok, errors = np.zeros(n, bool), np.zeros(n, bool), np.full(n, "", object)
         for i in range(n):
             start, end = _span(batch["media_start"][i], batch["media_end"][i])
+            peak = batch["peak_frame"][i]
+            peak = None if peak is None or np.isnan(peak) else int(peak)
             try:
                 clip = process_clip(str(batch["media_path"][i]), self.cfg, self.detector,
-                                    start, end)
+                                    start, end, peak)
             except MediaError as exc:
                 errors[i] = str(exc)
                 continue
@@ -74,7 +71,7 @@ def cache_key(manifest: str | Path, media: MediaConfig) -> str:
 
 
 def run_media_stage(manifest: str | Path, media: MediaConfig, cache_root: str | Path,
-                    num_actors: int | None = None) -> Path:
+                    num_actors: int | None = None, processor: type = ClipProcessor) -> Path:
     """Process every clip of `manifest` once (or reuse the cache) and return its directory."""
     import ray
 
@@ -85,30 +82,20 @@ def run_media_stage(manifest: str | Path, media: MediaConfig, cache_root: str | 
     cpus = int(ray.cluster_resources().get("CPU", 1))
     actors = num_actors or max(1, cpus)
     ds = ray.data.read_parquet(str(manifest), columns=PASS_THROUGH + [
-        "media_path", "media_start", "media_end"]).repartition(target_num_rows_per_block=32)
-    ds = ds.map_batches(ClipProcessor, fn_constructor_kwargs={"media": media.model_dump()},
+        "media_path", "media_start", "media_end", "peak_frame"]).repartition(
+            target_num_rows_per_block=32)
+    # Actors that die are restarted and their batches retried (Ray Data's own settings).
+    ds = ds.map_batches(processor, fn_constructor_kwargs={"media": media.model_dump()},
                         compute=ray.data.ActorPoolStrategy(min_size=1, max_size=actors),
-                        batch_size=16, batch_format="numpy", num_cpus=1)
+                        batch_size=16, batch_format="numpy", num_cpus=1,
+                        max_restarts=-1, max_task_retries=-1)
     tmp = out.with_name(out.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)  # left by an interrupted run
     ds.write_parquet(str(tmp / CLIPS))
-    (tmp / DONE).write_text(json.dumps(cache_stats(tmp / CLIPS), indent=2))
+    (tmp / PARAMS).write_text(media.model_dump_json(indent=2))
+    stats = cache_stats(tmp / CLIPS)
+    write_error_report(stats["errors"], tmp / ERRORS)
+    (tmp / DONE).write_text(json.dumps(stats, indent=2))
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
     return out
-
-
-def cache_stats(path: str | Path) -> dict:
-    """Counts from a media cache's small columns (frames are never read)."""
-    import pyarrow.parquet as pq
-
-    t = pq.read_table(str(path), columns=["sample_id", "media_path", "ok", "face_found",
-                                          "error"]).to_pandas()
-    good = t[t.ok]
-    return {
-        "clips": int(len(t)),
-        "ok": int(len(good)),
-        "failed": int((~t.ok).sum()),
-        "face_found_rate": float(good.face_found.mean()) if len(good) else 0.0,
-        "errors": t[~t.ok][["sample_id", "media_path", "error"]].to_dict("records"),
-    }

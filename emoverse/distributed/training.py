@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from emoverse.distributed.media_stage import clip_files
+from emoverse.media.cache import clip_files
 from emoverse.emt.mixture import realise
 from emoverse.recipe import ScalingConfig, StageConfig
 

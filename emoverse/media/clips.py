@@ -8,6 +8,7 @@ of a clip has a face, the documented fallback is the centre square of the frame.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -29,8 +30,13 @@ class Clip:
 
 
 def sample_indices(num_frames_total: int, fps: float, n: int,
-                   start: float | None = None, end: float | None = None) -> np.ndarray:
-    """Centre frame index of each of `n` equal segments of the clip or of [start, end)."""
+                   start: float | None = None, end: float | None = None,
+                   peak: int | None = None) -> np.ndarray:
+    """Centre frame index of each of `n` equal segments of the clip or of [start, end).
+
+    With a `peak` frame (OpenFace's peak expression, counted from the span's start) the
+    segment containing it samples the peak instead of its centre.
+    """
     first, last = 0, num_frames_total
     if start is not None and end is not None:
         first, last = int(np.floor(start * fps)), int(np.ceil(end * fps))
@@ -42,23 +48,31 @@ def sample_indices(num_frames_total: int, fps: float, n: int,
     if span <= 0:
         raise MediaError("the video has no frames")
     edges = np.linspace(first, last, n + 1)
-    return np.minimum(((edges[:-1] + edges[1:]) / 2).astype(int), last - 1)
+    idx = np.minimum(((edges[:-1] + edges[1:]) / 2).astype(int), last - 1)
+    if peak is not None and 0 <= first + peak < last:
+        idx[min(n - 1, int(np.searchsorted(edges, first + peak, side="right")) - 1)] = first + peak
+    return idx
 
 
 def decode_frames(path: str, n: int, start: float | None = None, end: float | None = None,
-                  max_side: int = 480) -> tuple[np.ndarray, np.ndarray]:
+                  max_side: int = 480, peak: int | None = None,
+                  max_source_side: int = 4096) -> tuple[np.ndarray, np.ndarray]:
     """`n` uniformly sampled RGB frames of `path` and their times in seconds."""
     import decord
 
     try:
         reader = decord.VideoReader(path, num_threads=1)
-        h, w = reader[0].shape[:2] if len(reader) else (0, 0)
+        if len(reader) == 0:
+            raise MediaError("the video has no frames")
+        h, w = reader[0].shape[:2]
+        if max(h, w) > max_source_side:
+            raise MediaError(f"resolution {w}x{h} is over the {max_source_side}px limit")
         if max(h, w) > max_side:  # decode straight to a smaller size: several times faster
             scale = max_side / max(h, w)
             reader = decord.VideoReader(path, num_threads=1, width=int(w * scale) // 2 * 2,
                                         height=int(h * scale) // 2 * 2)
         fps = float(reader.get_avg_fps()) or 25.0
-        idx = sample_indices(len(reader), fps, n, start, end)
+        idx = sample_indices(len(reader), fps, n, start, end, peak)
         frames = reader.get_batch(list(idx)).asnumpy()
     except MediaError:
         raise
@@ -90,9 +104,15 @@ def centre_box(shape: tuple[int, ...]) -> np.ndarray:
 
 
 def process_clip(path: str, cfg: MediaConfig, detector: FaceDetector,
-                 start: float | None = None, end: float | None = None) -> Clip:
+                 start: float | None = None, end: float | None = None,
+                 peak: int | None = None) -> Clip:
     """Decode, sample, detect, smooth and crop one clip."""
-    frames, times = decode_frames(path, cfg.num_frames, start, end, cfg.max_decode_side)
+    if not os.path.isfile(path):
+        raise MediaError("no such file")
+    if os.path.getsize(path) == 0:
+        raise MediaError("empty (zero-byte) file")
+    frames, times = decode_frames(path, cfg.num_frames, start, end, cfg.max_decode_side,
+                                  peak if cfg.use_peak_frame else None, cfg.max_source_side)
     found = [choose_face(detector.detect(f), f.shape) for f in frames]
     boxes = smooth_boxes(found)
     face_found = boxes is not None

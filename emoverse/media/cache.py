@@ -1,0 +1,72 @@
+"""The media cache's layout on disk, and reading it without Ray.
+
+    <cache>/clips/*.parquet   one row per clip: manifest fields, frames, face_found, ok, error
+    <cache>/media.json        the media parameters the clips were made with
+    <cache>/errors.csv        one line per unusable clip: sample_id, media_path, error
+    <cache>/stats.json        counts; written last, so its presence marks a complete cache
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+
+CLIPS = "clips"
+DONE = "stats.json"
+ERRORS = "errors.csv"
+PARAMS = "media.json"
+
+
+def clip_files(cache: str | Path) -> str:
+    """The directory of a media cache's Parquet shards, for readers."""
+    return str(Path(cache) / CLIPS)
+
+
+def write_error_report(errors: list[dict], path: Path) -> None:
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=["sample_id", "media_path", "error"])
+        writer.writeheader()
+        writer.writerows(errors)
+
+
+def cache_stats(path: str | Path) -> dict:
+    """Counts from a cache's small columns (frames are never read)."""
+    import pyarrow.parquet as pq
+
+    t = pq.read_table(str(path), columns=["sample_id", "media_path", "ok", "face_found",
+                                          "error"]).to_pandas()
+    good = t[t.ok]
+    return {
+        "clips": int(len(t)),
+        "ok": int(len(good)),
+        "failed": int((~t.ok).sum()),
+        "face_found_rate": float(good.face_found.mean()) if len(good) else 0.0,
+        "errors": t[~t.ok][["sample_id", "media_path", "error"]].to_dict("records"),
+    }
+
+
+def read_stats(cache: str | Path) -> dict:
+    path = Path(cache) / DONE
+    if not path.is_file():
+        raise FileNotFoundError(f"{cache}: not a complete media cache (no {DONE})")
+    return json.loads(path.read_text())
+
+
+def read_clips(cache: str | Path, count: int, seed: int = 0) -> list[dict]:
+    """`count` usable clips chosen at random: sample_id, task, frames, face_found."""
+    import pyarrow.parquet as pq
+
+    params = json.loads((Path(cache) / PARAMS).read_text())
+    shape = (params["num_frames"], params["size"], params["size"], 3)
+    table = pq.read_table(clip_files(cache), columns=["sample_id", "task", "ok", "face_found"])
+    usable = np.flatnonzero(table.column("ok").to_numpy(zero_copy_only=False))
+    chosen = np.sort(np.random.default_rng(seed).choice(usable, min(count, len(usable)),
+                                                        replace=False))
+    frames = pq.read_table(clip_files(cache), columns=["frames"]).column("frames").take(chosen)
+    rows = table.take(chosen).to_pylist()
+    for row, flat in zip(rows, frames.to_pylist()):
+        row["frames"] = np.asarray(flat, np.uint8).reshape(shape)
+    return rows

@@ -109,6 +109,13 @@ def _media_inspect(args) -> int:
     return 0
 
 
+def _bench_media(args) -> int:
+    from emoverse.benchmarks.media import report, run
+
+    print(report(run(args.clips, args.scale, args.detector, args.yunet_model, args.workdir)))
+    return 0
+
+
 def _recipes(args) -> int:
     from emoverse.recipe import load_recipe, shipped_recipes
 
@@ -241,6 +248,25 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("--seed", type=int, default=0, help="which clips (seed)")
     inspect.add_argument("--sheet", help="PNG path (default CACHE/contact_sheet.png)")
     inspect.set_defaults(func=_media_inspect)
+
+    bench = sub.add_parser(
+        "bench", help="benchmarks that print side-by-side ratios",
+        description="Benchmarks. Each measures the alternatives in one run on the same "
+                    "data and prints their ratios, so results hold on a busy machine.")
+    bench_sub = bench.add_subparsers(dest="bench_command", metavar="WHAT", required=True)
+    bm = bench_sub.add_parser(
+        "media", help="media stage vs a naive loop vs decoding alone, and memory",
+        description="On the same generated clips: (a) a naive single-process loop decoding "
+                    "every frame, (b) the Ray Data media stage on all CPUs, (c) decoding the "
+                    "sampled frames alone. Prints clips/s, b/a, b/c and the peak memory of "
+                    "the Ray processes on N and SCALE x N clips.")
+    bm.add_argument("--clips", type=positive_int, default=600, help="clips (default 600)")
+    bm.add_argument("--scale", type=positive_int, default=5,
+                    help="size factor of the memory check's larger set (default 5)")
+    bm.add_argument("--detector", choices=["haar", "yunet"], default="haar")
+    bm.add_argument("--yunet-model", help="YuNet ONNX weights (detector yunet)")
+    bm.add_argument("--workdir", help="where to write the clips (default: a temp dir)")
+    bm.set_defaults(func=_bench_media)
 
     recipes = sub.add_parser(
         "recipes", help="list the shipped training recipes",

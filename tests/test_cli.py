@@ -6,6 +6,7 @@ from emoverse.cli import build_parser, main
 
 COMMANDS = [[], ["quickstart"], ["model"], ["model", "init-tiny"], ["emt"], ["emt", "demo"],
             ["emt", "build"], ["emt", "stats"], ["media"], ["media", "run"], ["media", "inspect"],
+            ["bench"], ["bench", "media"],
             ["recipes"]]
 
 

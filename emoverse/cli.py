@@ -112,7 +112,8 @@ def _media_inspect(args) -> int:
 def _bench_media(args) -> int:
     from emoverse.benchmarks.media import report, run
 
-    print(report(run(args.clips, args.scale, args.detector, args.yunet_model, args.workdir)))
+    print(report(run(args.clips, args.scale, args.detector, args.yunet_model, args.workdir,
+                     args.frames, args.side, args.decode_side)))
     return 0
 
 
@@ -260,7 +261,13 @@ def build_parser() -> argparse.ArgumentParser:
                     "every frame, (b) the Ray Data media stage on all CPUs, (c) decoding the "
                     "sampled frames alone. Prints clips/s, b/a, b/c and the peak memory of "
                     "the Ray processes on N and SCALE x N clips.")
-    bm.add_argument("--clips", type=positive_int, default=600, help="clips (default 600)")
+    bm.add_argument("--clips", type=positive_int, default=150, help="clips (default 150)")
+    bm.add_argument("--frames", type=positive_int, default=48,
+                    help="frames per generated clip (default 48)")
+    bm.add_argument("--side", type=positive_int, default=360,
+                    help="frame side of the generated clips in px (default 360)")
+    bm.add_argument("--decode-side", type=positive_int, default=480,
+                    help="the media stage's max_decode_side (default 480)")
     bm.add_argument("--scale", type=positive_int, default=5,
                     help="size factor of the memory check's larger set (default 5)")
     bm.add_argument("--detector", choices=["haar", "yunet"], default="haar")

@@ -84,10 +84,12 @@ def run_media_stage(manifest: str | Path, media: MediaConfig, cache_root: str | 
     ds = ray.data.read_parquet(str(manifest), columns=PASS_THROUGH + [
         "media_path", "media_start", "media_end", "peak_frame"]).repartition(
             target_num_rows_per_block=32)
+    # One actor per CPU from the start (an autoscaling pool stayed at one actor here),
+    # each reserving half a CPU so the read and write tasks can still be scheduled.
     # Actors that die are restarted and their batches retried (Ray Data's own settings).
     ds = ds.map_batches(processor, fn_constructor_kwargs={"media": media.model_dump()},
-                        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=actors),
-                        batch_size=16, batch_format="numpy", num_cpus=1,
+                        compute=ray.data.ActorPoolStrategy(size=actors),
+                        batch_size=16, batch_format="numpy", num_cpus=0.5,
                         max_restarts=-1, max_task_retries=-1)
     tmp = out.with_name(out.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)  # left by an interrupted run

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from emoverse.emt.demo_clips import EXPRESSIONS, FACES, render_clip, write_mp4
+from emoverse.emt.demo_clips import EXPRESSIONS, FACES, FRAME, render_clip, write_mp4
 from emoverse.emt.manifest import write_manifest
 from emoverse.tasks import get_task
 
@@ -162,22 +162,28 @@ def plan(size: int, seed: int) -> list[DemoSample]:
     return [samples[i] for i in order]
 
 
-def _render(job: tuple[DemoSample, str, int, int]) -> str:
-    sample, clip_dir, seed, frames = job
+def _render(job: tuple[DemoSample, str, int, int, int]) -> str:
+    sample, clip_dir, seed, frames, side = job
     rng = np.random.default_rng([seed, 7, zlib.crc32(sample.row["sample_id"].encode())])
     path = os.path.join(clip_dir, f"{sample.row['sample_id']}.mp4")
-    write_mp4(render_clip(FACES[sample.face], sample.expression, rng, frames), path)
+    clip = render_clip(FACES[sample.face], sample.expression, rng, frames)
+    if side != clip.shape[1]:  # larger frames, as real corpora have (benchmarks)
+        import cv2
+
+        clip = np.stack([cv2.resize(f, (side, side), interpolation=cv2.INTER_LINEAR)
+                         for f in clip])
+    write_mp4(clip, path)
     return path
 
 
 def build_demo(out: str | Path, size: int = 400, seed: int = 0, frames: int = 8,
-               workers: int | None = None, progress=None) -> Path:
+               workers: int | None = None, progress=None, side: int = FRAME) -> Path:
     """Render the demo clips under `out/clips` and write `out/manifest.parquet`."""
     out = Path(out)
     clip_dir = out / "clips"
     clip_dir.mkdir(parents=True, exist_ok=True)
     samples = plan(size, seed)
-    jobs = [(s, str(clip_dir), seed, frames) for s in samples]
+    jobs = [(s, str(clip_dir), seed, frames, side) for s in samples]
     workers = workers or min(4, os.cpu_count() or 1)
     with ProcessPoolExecutor(max_workers=workers) as pool:
         paths = []

@@ -59,15 +59,10 @@ def convert(opts: BuildOptions) -> Conversion:
         out = mmsa.convert(opts.root, opts.source, opts.acc2, opts.emotions, opts.require_media)
     elif opts.source == "meld":
         for path in _inputs(opts):
-            part = meld.convert(path, clips, opts.split, opts.require_media)
-            out.rows += part.rows
-            out.rejections += part.rejections
-            out.clips.update(part.clips)
+            out.merge(meld.convert(path, clips, opts.split, opts.require_media))
     else:
         for path in _inputs(opts):
-            part = ecf.convert(path, clips, opts.split, opts.episodes, opts.require_media)
-            out.rows += part.rows
-            out.rejections += part.rejections
+            out.merge(ecf.convert(path, clips, opts.split, opts.episodes, opts.require_media))
     if opts.openface:
         add_fer(out, opts.openface, opts.source)
     if opts.rationales:

@@ -33,6 +33,11 @@ class Conversion:
     # clip key -> the clip's media, speech, split and emotion, for FER/ERI add-ons
     clips: dict[str, dict] = field(default_factory=dict)
 
+    def merge(self, other: "Conversion") -> None:
+        self.rows += other.rows
+        self.rejections += other.rejections
+        self.clips.update(other.clips)
+
     def add_clip(self, key: str, row: dict, emotion: str | None = None) -> None:
         self.clips.setdefault(key, {k: row[k] for k in (
             "media_path", "media_start", "media_end", "transcript", "split", "source")})
@@ -103,6 +108,14 @@ def media_file(clips: Path, name: str, require: bool) -> str:
     if require and not path.is_file():
         raise RowError("media_path", f"clip {path} does not exist")
     return str(path)
+
+
+def clip_sample(task: str, source: str, key: str, clip: dict, transcript: str,
+                **fields) -> dict:
+    """A sample for a task added on top of an already converted clip (FER, ERI)."""
+    return sample(task, f"{source}-{task}-{clip['split']}-{key.replace('/', '-')}", source,
+                  clip["split"], clip["media_path"], transcript,
+                  media_start=clip["media_start"], media_end=clip["media_end"], **fields)
 
 
 def sample(task: str, sample_id: str, source: str, split: str, media_path: str,

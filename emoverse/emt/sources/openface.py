@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from emoverse.emt.sources.common import (Conversion, Rejection, RowError, SourceError,
-                                         read_csv, sample)
+                                         clip_sample, read_csv)
 from emoverse.tasks.fer import AU_PHRASES, NEUTRAL_PHRASE
 
 REQUIRED = ["frame", "success", "confidence"]
@@ -64,9 +64,6 @@ def add_fer(conv: Conversion, openface_dir: str | Path, source: str,
             conv.rejections.append(Rejection(source, key, getattr(exc, "field", "openface"),
                                              str(exc)))
             continue
-        conv.rows.append(sample(
-            "fer", f"{source}-fer-{clip['split']}-{key.replace('/', '-')}", source,
-            clip["split"], clip["media_path"], "", media_start=clip["media_start"],
-            media_end=clip["media_end"], peak_frame=peak, label_class=None,
-            target="; ".join(phrases) + "."))
+        conv.rows.append(clip_sample("fer", source, key, clip, "", peak_frame=peak,
+                                     target="; ".join(phrases) + "."))
     return conv

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from emoverse.emt.sources.common import Conversion, Rejection, SourceError, sample
+from emoverse.emt.sources.common import Conversion, Rejection, SourceError, clip_sample
 
 
 def add_eri(conv: Conversion, jsonl: str | Path, source: str) -> Conversion:
@@ -37,9 +37,6 @@ def add_eri(conv: Conversion, jsonl: str | Path, source: str) -> Conversion:
         if not text:
             conv.rejections.append(Rejection(source, where, "explanation", "empty explanation"))
             continue
-        conv.rows.append(sample(
-            "eri", f"{source}-eri-{clip['split']}-{key.replace('/', '-')}", source,
-            clip["split"], clip["media_path"], clip["transcript"],
-            media_start=clip["media_start"], media_end=clip["media_end"],
-            label_class=clip.get("emotion"), target=text))
+        conv.rows.append(clip_sample("eri", source, key, clip, clip["transcript"],
+                                     label_class=clip.get("emotion"), target=text))
     return conv

@@ -1,7 +1,8 @@
-"""Run a recipe end to end: media stage, each stage's training, evaluation after each.
+"""Run a recipe: data, media stage, then each stage's training and evaluation, in order.
 
 Reads top to bottom like a torchtune recipe; the Ray work happens in
-`emoverse.distributed`, everything else is plain Python.
+`emoverse.distributed`, everything else is plain Python. Finished stages are skipped,
+an interrupted stage resumes from its last checkpoint (see `emoverse.rundir`).
 """
 
 from __future__ import annotations
@@ -17,8 +18,10 @@ from emoverse.distributed.session import ensure_ray
 from emoverse.distributed.training import fit_stage
 from emoverse.emt.manifest import manifest_hash, read_manifest
 from emoverse.evaluation.scoring import baselines, score, table
-from emoverse.model.checkpoint import load_processor
-from emoverse.recipe import Recipe, dump_recipe
+from emoverse.model.checkpoint import load_processor, read_lineage
+from emoverse.recipe import Recipe
+from emoverse.rundir import RunDir
+from emoverse.train.curves import write_loss_curves
 
 
 def say(message: str) -> None:
@@ -32,40 +35,79 @@ def answer_budget(manifest: pd.DataFrame, model_path: str | Path, split: str) ->
     return max(len(tokenizer(t, add_special_tokens=False).input_ids) for t in targets) + 4
 
 
-def run_recipe(recipe: Recipe, manifest_path: str | Path, run_dir: str | Path,
-               cache_root: str | Path | None = None) -> dict:
-    """Train every stage of `recipe` in order, evaluating after each; returns the metrics."""
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    dump_recipe(recipe, run_dir / "recipe.yaml")
+def train_recipe(recipe: Recipe, run_dir: str | Path, stages: list[str] | None = None,
+                 evaluate: bool = True, cache_root: str | Path | None = None) -> dict:
+    """Train the recipe's stages (or the named ones) in order; returns the run's metrics."""
+    run = RunDir(run_dir)
+    run.start(recipe)
+    for name in stages or []:
+        recipe.stage(name)  # unknown names fail before any work
+    say(f"run directory: {run.path}")
+    base = run.base_model(recipe)
+    manifest_path = run.manifest(recipe, progress=_demo_progress())
     manifest = read_manifest(manifest_path).to_pandas()
     ensure_ray()
 
     say("media stage: decoding clips and cropping faces on Ray Data")
-    cache = run_media_stage(manifest_path, recipe.media, cache_root or run_dir / "media-cache")
+    cache = run_media_stage(manifest_path, recipe.media, cache_root or run.media_cache)
     stats = json.loads((cache / "stats.json").read_text())
     say(f"media: {stats['ok']}/{stats['clips']} clips usable, face found in "
         f"{stats['face_found_rate']:.0%}, {stats['failed']} failed (see {cache}/stats.json)")
 
-    budget = recipe.eval.max_new_tokens or answer_budget(manifest, recipe.base_model,
-                                                         recipe.eval.split)
+    results = _previous_results(run)
+    results["media"] = {k: v for k, v in stats.items() if k != "errors"}
     lineage = {"recipe": recipe.digest(), "manifest": manifest_hash(manifest_path)}
-    results: dict = {"stages": {}, "media": {k: v for k, v in stats.items() if k != "errors"}}
-    parent: str | Path = recipe.base_model
+    budget = recipe.eval.max_new_tokens or answer_budget(manifest, base, recipe.eval.split)
+    parent = base
     for stage in recipe.stages:
-        say(f"training {stage.name} ({stage.trainable.mode}) on Ray Train, "
-            f"{recipe.scaling.num_workers} workers")
-        checkpoint = fit_stage(stage, cache, parent, run_dir, recipe.scaling, lineage)
-        say(f"evaluating {stage.name} on the {recipe.eval.split} split")
-        preds = predict(cache, checkpoint, recipe.eval.split, budget, recipe.eval.batch_size)
-        preds.to_parquet(run_dir / f"{stage.name}-predictions.parquet")
-        results["stages"][stage.name] = {"checkpoint": str(checkpoint),
-                                         "metrics": score(manifest, preds)}
+        checkpoint = run.checkpoint(stage.name)
+        if run.is_finished(stage.name):
+            say(f"{stage.name}: finished earlier, reusing {checkpoint}")
+        elif stages and stage.name not in stages:
+            raise ValueError(f"stage {stage.name!r} comes before the requested stages and has "
+                             f"not finished in {run.path}; run it first")
+        else:
+            say(f"training {stage.name} ({stage.trainable.mode}, {stage.strategy.kind}) on "
+                f"Ray Train, {recipe.scaling.num_workers} workers")
+            final = fit_stage(stage, cache, parent, run.ray_storage, recipe.scaling,
+                              {**lineage, "parent": str(parent)})
+            run.keep_stage(stage.name, final, str(parent))
+            write_loss_curves({s.name: read_lineage(run.checkpoint(s.name))
+                               for s in recipe.stages if run.is_finished(s.name)},
+                              run.path / "loss.png")
+        if evaluate and stage.name not in results["stages"]:
+            say(f"evaluating {stage.name} on the {recipe.eval.split} split")
+            preds = predict(cache, checkpoint, recipe.eval.split, budget, recipe.eval.batch_size)
+            preds.to_parquet(run.predictions(stage.name))
+            results["stages"][stage.name] = {"checkpoint": str(checkpoint),
+                                             "lineage": read_lineage(checkpoint),
+                                             "metrics": score(manifest, preds)}
+            results["baseline"] = baselines(
+                manifest, preds.groupby("task").sample_id.apply(list).to_dict())
+            run.metrics_file.write_text(json.dumps(results, indent=2, default=float))
         parent = checkpoint
-    eval_ids = preds.groupby("task").sample_id.apply(list).to_dict()
-    results["baseline"] = baselines(manifest, eval_ids)
-    (run_dir / "metrics.json").write_text(json.dumps(results, indent=2, default=float))
+        if stages and stage.name == stages[-1]:
+            break
     return results
+
+
+def _previous_results(run: RunDir) -> dict:
+    if run.metrics_file.is_file():
+        return json.loads(run.metrics_file.read_text())
+    return {"stages": {}}
+
+
+def _demo_progress():
+    import time
+
+    last = [0.0]
+
+    def progress(done: int, total: int) -> None:
+        if time.time() - last[0] > 5 or done == total:
+            last[0] = time.time()
+            say(f"  demo clips {done}/{total}")
+
+    return progress
 
 
 def results_table(results: dict) -> str:

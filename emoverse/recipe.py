@@ -34,6 +34,9 @@ class MediaConfig(Strict):
     score_threshold: float = Field(0.6, ge=0.0, le=1.0)
     margin: float = Field(0.25, ge=0.0, le=2.0)  # extra context around the face box
     max_decode_side: PositiveInt = 480  # decode larger sources at reduced resolution
+    # The detector sees frames scaled down to this shorter side: detection cost falls
+    # with the pixel count, the box is scaled back, and the crop keeps full resolution.
+    detect_side: int = Field(192, ge=32)
     max_source_side: PositiveInt = 4096  # larger sources are rejected as unusable
     use_peak_frame: bool = True  # sample OpenFace's peak-expression frame when known
 
@@ -79,10 +82,29 @@ class TrainableConfig(Strict):
     vision: bool = False  # train the vision encoder (paper: frozen)
 
 
+class StrategyConfig(Strict):
+    """How workers share the model: DDP replicas, or DeepSpeed ZeRO partitioning."""
+
+    kind: Literal["ddp", "deepspeed"] = "ddp"
+    zero_stage: Literal[1, 2, 3] = 2  # deepspeed only
+    offload_optimizer: bool = False  # ZeRO optimizer state in CPU memory
+    offload_params: bool = False  # ZeRO-3 parameters in CPU memory
+
+    @model_validator(mode="after")
+    def _offload_fits_stage(self) -> "StrategyConfig":
+        if self.kind == "ddp" and (self.offload_optimizer or self.offload_params):
+            raise ValueError("offloading needs strategy.kind=deepspeed")
+        if self.offload_params and self.zero_stage != 3:
+            raise ValueError("strategy.offload_params needs zero_stage 3 (ZeRO-3 partitions "
+                             "parameters; stages 1-2 do not)")
+        return self
+
+
 class StageConfig(Strict):
     name: str
     mixture: list[MixtureEntry]
     epochs: PositiveInt = 2
+    max_steps: PositiveInt | None = None  # stop after this many optimizer steps
     epoch_size: PositiveInt | None = None  # samples per epoch; None = the mixture's pool
     batch_size: PositiveInt = 8  # global batch per optimizer step (before accumulation)
     grad_accum: PositiveInt = 1
@@ -93,6 +115,9 @@ class StageConfig(Strict):
     max_grad_norm: PositiveFloat = 1.0
     max_length: PositiveInt = 2048
     trainable: TrainableConfig = TrainableConfig()
+    precision: Literal["fp32", "bf16"] = "fp32"  # bf16 autocast; fp32 master weights
+    strategy: StrategyConfig = StrategyConfig()
+    checkpoint_every: PositiveInt | None = None  # optimizer steps; epoch ends always save
     seed: int = 0
     log_every: PositiveInt = 50
 
@@ -108,6 +133,7 @@ class ScalingConfig(Strict):
     use_gpu: bool = False
     cpus_per_worker: PositiveFloat = 0.5  # leaves CPU for Ray Data on small machines
     torch_threads: PositiveInt = 1
+    max_failures: int = Field(3, ge=-1)  # worker-group restarts per stage (-1: unlimited)
 
 
 class EvalConfig(Strict):
@@ -116,9 +142,18 @@ class EvalConfig(Strict):
     max_new_tokens: PositiveInt | None = None  # None = longest target in the split + margin
 
 
+class DataConfig(Strict):
+    """The EMT manifest a recipe trains on; without one, the generated demo set."""
+
+    manifest: str | None = None  # an EMT manifest (`emoverse emt build`)
+    demo_size: PositiveInt = 4600  # samples of the demo set when there is no manifest
+    demo_seed: int = 0
+
+
 class Recipe(Strict):
     name: str
     base_model: str  # a model directory or hub id; "tiny" = the embedded default
+    data: DataConfig = DataConfig()
     media: MediaConfig = MediaConfig()
     stages: list[StageConfig]
     scaling: ScalingConfig = ScalingConfig()

@@ -4,6 +4,8 @@ from pathlib import Path
 
 import pytest
 
+from emoverse.model.architectures import ARCH_NAMES, DEFAULT_ARCH
+
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 YUNET = SHARED / "models" / "face_detection_yunet_2026may.onnx"
 FORMATS = SHARED / "formats"
@@ -23,6 +25,19 @@ def tiny_model(tmp_path_factory) -> Path:
     from emoverse.model.vocabulary import instruction_corpus
 
     return write_tiny_model(tmp_path_factory.mktemp("tiny"), instruction_corpus())
+
+
+@pytest.fixture(scope="session", params=ARCH_NAMES)
+def arch_model(request, tmp_path_factory) -> tuple[str, Path]:
+    """(architecture name, tiny model directory), once per architecture; the default
+    architecture's is `tiny_model` above."""
+    from emoverse.model.tiny import write_tiny_model
+    from emoverse.model.vocabulary import instruction_corpus
+
+    if request.param == DEFAULT_ARCH:
+        return request.param, request.getfixturevalue("tiny_model")
+    out = tmp_path_factory.mktemp(f"tiny-{request.param}")
+    return request.param, write_tiny_model(out, instruction_corpus(), arch=request.param)
 
 
 @pytest.fixture(scope="session")

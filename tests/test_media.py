@@ -7,7 +7,7 @@ import pytest
 
 from emoverse.emt.demo_clips import write_mp4
 from emoverse.media.clips import MediaError, decode_frames, process_clip, sample_indices
-from emoverse.media.faces import choose_face, make_detector, smooth_boxes
+from emoverse.media.faces import choose_face, detect_scaled, make_detector, smooth_boxes
 from emoverse.recipe import MediaConfig
 
 
@@ -66,6 +66,18 @@ def test_yunet_crops_contain_the_face_in_every_sampled_frame(yunet):
     for crop in clip.frames:  # the crop itself must show a face
         big = np.ascontiguousarray(np.kron(crop, np.ones((3, 3, 1), np.uint8)))
         assert len(check.detect(big)) >= 1
+
+
+def test_detection_on_a_reduced_copy_returns_boxes_in_frame_pixels(yunet):
+    frame = decode_frames(carphone(), 1)[0][0]  # 176x144
+    big = np.ascontiguousarray(np.kron(frame, np.ones((4, 4, 1), np.uint8)))  # 704x576
+    detector = make_detector("yunet", str(yunet))
+    native = choose_face(detector.detect(frame), frame.shape)
+    scaled = choose_face(detect_scaled(detector, big, 144), big.shape)
+    assert native is not None and scaled is not None
+    assert np.allclose(scaled, native * 4, atol=12)  # the same face, in the big frame's pixels
+    # frames already at or below the detection side are passed through untouched
+    assert np.array_equal(detect_scaled(detector, frame, 192), detector.detect(frame))
 
 
 def test_haar_fallback_is_centre_crop_when_nothing_is_found(tmp_path):

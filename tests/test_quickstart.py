@@ -1,11 +1,12 @@
-"""A shortened quickstart, end to end on Ray (media stage, two stages, evaluation)."""
+"""A shortened quickstart (= `emoverse train m2se-tiny`), end to end on Ray: media stage,
+two stages, evaluation; then re-running skips finished stages, and export merges."""
 
 import json
 from pathlib import Path
 
 import pytest
 
-from emoverse.model.checkpoint import load_model, read_lineage
+from emoverse.model.checkpoint import load_model, parent_of, read_lineage
 
 pytestmark = pytest.mark.integration
 
@@ -27,14 +28,16 @@ def run(tmp_path_factory):
 
 
 def test_run_directory_has_config_checkpoints_and_metrics(run: Path):
-    assert (run / "recipe.yaml").is_file()
+    assert (run / "recipe.yaml").is_file() and (run / "loss.png").stat().st_size > 1000
     metrics = json.loads((run / "metrics.json").read_text())
     stages = list(metrics["stages"])
     assert stages == ["stage1-multitask-pretraining", "stage2-reason-finetuning"]
     for name in stages:
         assert set(metrics["stages"][name]["metrics"]) == {"msa", "mer", "fer", "eri", "ecpe"}
         assert (run / f"{name}-predictions.parquet").is_file()
-        assert (run / f"{name}-mixture.json").is_file()
+        assert (run / "ray" / f"{name}-mixture.json").is_file()
+        lineage = metrics["stages"][name]["lineage"]
+        assert lineage["step"] > 0 and lineage["losses"] and lineage["resumed_at_step"] is None
     assert set(metrics["baseline"]) == {"msa", "mer", "fer", "eri", "ecpe"}
     assert metrics["media"]["ok"] == metrics["media"]["clips"] > 0
 
@@ -45,8 +48,11 @@ def test_stage_two_is_a_lora_adapter_on_stage_one(run: Path):
     second = Path(metrics["stages"]["stage2-reason-finetuning"]["checkpoint"])
     assert (first / "model" / "model.safetensors").is_file()
     assert (second / "adapter" / "adapter_config.json").is_file()
-    assert read_lineage(second)["parent"] == str(first)
-    assert read_lineage(first)["parent"] == str(run / "base-model")
+    assert first == run / "checkpoints" / "stage1-multitask-pretraining"
+    # parents inside the run are relative, so the run directory can move as a whole
+    assert read_lineage(second)["parent"] == "../stage1-multitask-pretraining"
+    assert read_lineage(first)["parent"] == "../../base-model"
+    assert parent_of(second) == str(first)
     assert read_lineage(second)["mixture_seen"]["ecpe/*"] > 0
     load_model(second)  # base + adapter merge loads
 
@@ -60,3 +66,33 @@ def test_every_evaluation_sample_is_scored_once(run: Path):
     preds = pd.read_parquet(run / "stage2-reason-finetuning-predictions.parquet")
     expected = set(manifest[manifest.split == "test"].sample_id)
     assert sorted(preds.sample_id) == sorted(expected)
+
+
+def test_rerun_skips_finished_stages_and_a_changed_recipe_is_refused(run: Path, capsys):
+    from emoverse.pipeline import train_recipe
+    from emoverse.recipe import load_recipe
+
+    before = (run / "metrics.json").read_text()
+    recipe = load_recipe(run / "recipe.yaml")
+    train_recipe(recipe, run)
+    out = capsys.readouterr().out
+    assert out.count("finished earlier") == 2 and "] training" not in out
+    assert (run / "metrics.json").read_text() == before
+    with pytest.raises(ValueError, match="different recipe"):
+        train_recipe(load_recipe(run / "recipe.yaml", ["stages.0.lr=0.5"]), run)
+
+
+def test_export_merges_the_adapter_into_a_standalone_model(run: Path, tmp_path):
+    import torch
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    from emoverse.cli import main
+
+    assert main(["export", str(run), "--out", str(tmp_path / "merged")]) == 0
+    merged = AutoModelForImageTextToText.from_pretrained(tmp_path / "merged")
+    AutoProcessor.from_pretrained(tmp_path / "merged")
+    assert not any("lora" in name for name, _ in merged.named_parameters())
+    reference = load_model(run / "checkpoints" / "stage2-reason-finetuning")
+    for (name, a), (_, b) in zip(merged.state_dict().items(), reference.state_dict().items()):
+        assert torch.equal(a, b), name
+    assert main(["export", str(run), "--out", str(tmp_path / "merged")]) == 2  # not empty

@@ -36,7 +36,7 @@ def predict(cache_dir: str | Path, model_path: str | Path, split: str, max_new_t
     """A DataFrame of (sample_id, task, prediction) for every usable clip of `split`."""
     import ray.data
 
-    ds = ray.data.read_parquet(clip_files(cache_dir), columns=COLUMNS)
+    ds = ray.data.read_parquet(clip_files(cache_dir)).select_columns(COLUMNS)
     ds = ds.map_batches(_in_split, fn_kwargs={"split": split}, batch_format="numpy")
     ds = ds.map_batches(GeneratorActor, batch_size=batch_size, batch_format="numpy",
                         fn_constructor_kwargs={"model_path": str(model_path),

@@ -33,6 +33,9 @@ class ClipProcessor:
     """Ray Data callable class: one detector per actor, a batch of rows per call."""
 
     def __init__(self, media: dict):
+        import cv2
+
+        cv2.setNumThreads(1)  # one actor per CPU already; more threads only contend
         self.cfg = MediaConfig(**media)
         self.detector = make_detector(self.cfg.detector, self.cfg.yunet_model,
                                       self.cfg.score_threshold)
@@ -81,16 +84,16 @@ def run_media_stage(manifest: str | Path, media: MediaConfig, cache_root: str | 
         return out
     cpus = int(ray.cluster_resources().get("CPU", 1))
     actors = num_actors or max(1, cpus)
-    ds = ray.data.read_parquet(str(manifest), columns=PASS_THROUGH + [
-        "media_path", "media_start", "media_end", "peak_frame"]).repartition(
-            target_num_rows_per_block=32)
+    columns = PASS_THROUGH + ["media_path", "media_start", "media_end", "peak_frame"]
+    ds = ray.data.read_parquet(str(manifest)).select_columns(columns).repartition(
+        target_num_rows_per_block=32)
     # One actor per CPU from the start (an autoscaling pool stayed at one actor here),
     # each reserving half a CPU so the read and write tasks can still be scheduled.
-    # Actors that die are restarted and their batches retried (Ray Data's own settings).
+    # Actors that die are restarted and their batches retried: Ray Data's own defaults
+    # for actor pools (max_restarts=-1, max_task_retries=-1), tested in test_media_stage.
     ds = ds.map_batches(processor, fn_constructor_kwargs={"media": media.model_dump()},
                         compute=ray.data.ActorPoolStrategy(size=actors),
-                        batch_size=16, batch_format="numpy", num_cpus=0.5,
-                        max_restarts=-1, max_task_retries=-1)
+                        batch_size=16, batch_format="numpy", num_cpus=0.5)
     tmp = out.with_name(out.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)  # left by an interrupted run
     ds.write_parquet(str(tmp / CLIPS))

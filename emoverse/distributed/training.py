@@ -1,19 +1,20 @@
 """Run one M2SE stage on Ray Train: the thin adapter around `emoverse.train.loop`.
 
 The driver realises the stage's mixture over the media cache, builds a Ray Dataset that
-repeats each row by its multiplicity, and fits a `TorchTrainer`. Each worker gets its
-whole setup through `train_loop_config`, touches Ray only for its data shard, its
-checkpoint and its reports, and otherwise runs the plain training loop.
+repeats each row by its multiplicity, and fits a `TorchTrainer` whose workers run
+`emoverse.distributed.train_worker.worker_loop`. Ray Train restarts a failed worker group
+(`FailureConfig`) from the latest checkpoint, and re-running a stage with the same run
+directory (the same `RunConfig(storage_path, name)`) resumes it after a driver restart.
 """
 
 from __future__ import annotations
 
 import json
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from emoverse.distributed.train_worker import worker_loop
 from emoverse.media.cache import clip_files
 from emoverse.emt.mixture import realise
 from emoverse.recipe import ScalingConfig, StageConfig
@@ -57,68 +58,19 @@ def fits_in_object_store(cache_dir: str | Path, rows: int, share: float = 0.25) 
     return rows * row_bytes < share * store
 
 
-def worker_loop(config: dict) -> None:
-    """Ray Train worker: build the model from config, train, report and checkpoint."""
-    import ray.train
-    import torch
-    import ray.train.torch
-
-    from emoverse.model.checkpoint import (apply_trainable, load_model, load_processor,
-                                           save_checkpoint, trainable_summary)
-    from emoverse.train.batching import Collator
-    from emoverse.train.loop import train_epochs
-
-    torch.set_num_threads(config["torch_threads"])
-    stage = StageConfig(**config["stage"])
-    torch.manual_seed(stage.seed)
-    ctx = ray.train.get_context()
-    rank = ctx.get_world_rank()
-    processor = load_processor(config["init_from"])
-    model = apply_trainable(load_model(config["init_from"]), stage.trainable)
-    if rank == 0:
-        print(f"[{stage.name}] {trainable_summary(model)}", flush=True)
-    model = ray.train.torch.prepare_model(model)
-    device = ray.train.torch.get_device()
-    shard = ray.train.get_dataset_shard("train")
-    collate = Collator(processor, stage.max_length)
-    per_worker = stage.batch_size // ctx.get_world_size()
-
-    def epoch_batches(epoch: int):
-        for batch in shard.iter_torch_batches(
-                batch_size=per_worker, collate_fn=collate, drop_last=True, prefetch_batches=4,
-                local_shuffle_buffer_size=config["shuffle_buffer"],
-                local_shuffle_seed=stage.seed * 1000 + epoch):
-            yield {k: v.to(device) for k, v in batch.items()}
-
-    def on_log(state, metrics):
-        if rank == 0:
-            rate = state.samples_per_second * ctx.get_world_size()
-            print(f"[{stage.name}] step {state.step}/{config['total_steps']} "
-                  f"loss {metrics['loss']:.4f} lr {metrics['lr']:.2e} {rate:.0f} samples/s "
-                  f"data wait {state.data_wait_fraction:.0%}", flush=True)
-
-    def on_epoch_end(state, metrics):
-        report = {"epoch": state.epoch, "step": state.step, "loss": metrics["loss"],
-                  "data_wait_fraction": state.data_wait_fraction}
-        with tempfile.TemporaryDirectory() as tmp:
-            checkpoint = None
-            if rank == 0 and state.epoch == stage.epochs:
-                inner = model.module if hasattr(model, "module") else model
-                lineage = {**config["lineage"], "step": state.step, "loss": metrics["loss"],
-                           "losses": state.losses}
-                save_checkpoint(inner, processor, tmp, lineage)
-                checkpoint = ray.train.Checkpoint.from_directory(tmp)
-            ray.train.report(report, checkpoint=checkpoint)
-
-    train_epochs(model, epoch_batches, stage, config["total_steps"], on_log=on_log,
-                 on_epoch_end=on_epoch_end)
+def total_steps(stage: StageConfig, per_epoch: int) -> int:
+    return min(per_epoch * stage.epochs, stage.max_steps or per_epoch * stage.epochs)
 
 
 def fit_stage(stage: StageConfig, cache_dir: str | Path, init_from: str | Path,
-              run_dir: str | Path, scaling: ScalingConfig, lineage: dict) -> Path:
-    """Train one stage from `init_from`; returns the persisted checkpoint directory."""
+              storage: str | Path, scaling: ScalingConfig, lineage: dict) -> Path:
+    """Train one stage from `init_from`; returns its final checkpoint directory.
+
+    `storage` holds Ray Train's run state (`storage/<stage name>/`) and the stage's
+    mixture report; running again with the same `storage` resumes an unfinished stage.
+    """
     import ray.data
-    from ray.train import CheckpointConfig, RunConfig
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig
     from ray.train import ScalingConfig as RayScaling
     from ray.train.torch import TorchTrainer
 
@@ -131,10 +83,11 @@ def fit_stage(stage: StageConfig, cache_dir: str | Path, init_from: str | Path,
     if per_epoch < 1:
         raise ValueError(f"stage {stage.name!r}: {rows} samples per epoch is less than one "
                          f"step of batch {stage.batch_size} x accumulation {stage.grad_accum}")
-    run_dir = Path(run_dir)
-    (run_dir / f"{stage.name}-mixture.json").write_text(json.dumps(
+    storage = Path(storage).resolve()
+    storage.mkdir(parents=True, exist_ok=True)
+    (storage / f"{stage.name}-mixture.json").write_text(json.dumps(
         {"samples_per_epoch": rows, "by_entry": seen, "epochs": stage.epochs}, indent=2))
-    ds = ray.data.read_parquet(clip_files(cache_dir), columns=ROW_COLUMNS).map_batches(
+    ds = ray.data.read_parquet(clip_files(cache_dir)).select_columns(ROW_COLUMNS).map_batches(
         repeat_rows, fn_kwargs={"multiplicity": multiplicity}, batch_format="numpy")
     if fits_in_object_store(cache_dir, rows):
         # Multi-epoch stages re-run a streaming pipeline every epoch (seconds of start-up
@@ -146,18 +99,19 @@ def fit_stage(stage: StageConfig, cache_dir: str | Path, init_from: str | Path,
             "stage": stage.model_dump(),
             "init_from": str(init_from),
             "torch_threads": scaling.torch_threads,
-            "total_steps": per_epoch * stage.epochs,
+            "total_steps": total_steps(stage, per_epoch),
             "shuffle_buffer": min(2048, max(stage.batch_size, rows // 2)),
-            "lineage": {**lineage, "stage": stage.name, "parent": str(init_from),
-                        "mixture_seen": seen},
+            "lineage": {**lineage, "stage": stage.name, "mixture_seen": seen},
         },
         scaling_config=RayScaling(num_workers=scaling.num_workers, use_gpu=scaling.use_gpu,
                                   resources_per_worker={"CPU": scaling.cpus_per_worker}),
         datasets={"train": ds},
-        run_config=RunConfig(name=stage.name, storage_path=str((run_dir / "ray").resolve()),
-                             checkpoint_config=CheckpointConfig(num_to_keep=1)),
+        run_config=RunConfig(name=stage.name, storage_path=str(storage),
+                             checkpoint_config=CheckpointConfig(num_to_keep=2),
+                             failure_config=FailureConfig(max_failures=scaling.max_failures)),
     )
     result = trainer.fit()
-    if result.checkpoint is None:
-        raise RuntimeError(f"stage {stage.name!r} finished without a checkpoint")
+    if result.checkpoint is None or not (Path(result.checkpoint.path) / "lineage.json").is_file():
+        raise RuntimeError(f"stage {stage.name!r} finished without a final checkpoint "
+                           f"(see {storage / stage.name})")
     return Path(result.checkpoint.path)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from emoverse.media.faces import FaceDetector, choose_face, smooth_boxes
+from emoverse.media.faces import FaceDetector, choose_face, detect_scaled, smooth_boxes
 from emoverse.recipe import MediaConfig
 
 
@@ -113,7 +113,8 @@ def process_clip(path: str, cfg: MediaConfig, detector: FaceDetector,
         raise MediaError("empty (zero-byte) file")
     frames, times = decode_frames(path, cfg.num_frames, start, end, cfg.max_decode_side,
                                   peak if cfg.use_peak_frame else None, cfg.max_source_side)
-    found = [choose_face(detector.detect(f), f.shape) for f in frames]
+    found = [choose_face(detect_scaled(detector, f, cfg.detect_side), f.shape)
+             for f in frames]
     boxes = smooth_boxes(found)
     face_found = boxes is not None
     if boxes is None:

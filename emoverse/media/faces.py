@@ -82,6 +82,21 @@ def make_detector(kind: str, yunet_model: str | None = None,
     raise ValueError(f"unknown face detector {kind!r} (yunet, haar or none)")
 
 
+def detect_scaled(detector: FaceDetector, frame: np.ndarray, side: int) -> np.ndarray:
+    """Detect on a copy of `frame` whose shorter side is at most `side`; boxes in frame pixels."""
+    import cv2
+
+    h, w = frame.shape[:2]
+    scale = side / min(h, w)
+    if scale >= 1.0:
+        return detector.detect(frame)
+    small = cv2.resize(frame, (max(1, round(w * scale)), max(1, round(h * scale))),
+                       interpolation=cv2.INTER_AREA)
+    boxes = detector.detect(small).copy()
+    boxes[:, :4] /= scale
+    return boxes
+
+
 def choose_face(boxes: np.ndarray, frame_shape: tuple[int, ...]) -> np.ndarray | None:
     """The largest face, discounted by its distance from the frame centre."""
     if len(boxes) == 0:

@@ -28,6 +28,14 @@ def read_lineage(path: str | Path) -> dict:
     return json.loads((Path(path) / LINEAGE).read_text())
 
 
+def parent_of(path: str | Path) -> str:
+    """A checkpoint's parent: a path relative to it (same run), an absolute path or hub id."""
+    parent = read_lineage(path)["parent"]
+    if parent.startswith("."):
+        return str((Path(path) / parent).resolve())
+    return parent
+
+
 def processor_dir(path: str | Path) -> str:
     return str(Path(path) / "processor") if is_checkpoint(path) else str(path)
 
@@ -51,7 +59,7 @@ def load_model(path: str | Path, trust_remote_code: bool = False):
             str(path / "model"), trust_remote_code=trust_remote_code)
     from peft import PeftModel
 
-    base = load_model(read_lineage(path)["parent"], trust_remote_code)
+    base = load_model(parent_of(path), trust_remote_code)
     return PeftModel.from_pretrained(base, str(path / "adapter")).merge_and_unload()
 
 
@@ -92,14 +100,22 @@ def _projector_name(name: str) -> str:
     return next((p for p in PROJECTORS if f".{p}." in f".{name}."), "")
 
 
+def weights_dir(model) -> str:
+    """Where a stage checkpoint keeps `model`'s weights: `adapter` (peft) or `model`."""
+    return "adapter" if hasattr(model, "peft_config") else "model"
+
+
 def save_checkpoint(model, processor, out: str | Path, lineage: dict) -> Path:
     """Write a stage checkpoint: full weights or adapter, processor, lineage."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    if hasattr(model, "peft_config"):
-        model.save_pretrained(str(out / "adapter"))
-    else:
-        model.save_pretrained(str(out / "model"))
+    model.save_pretrained(str(out / weights_dir(model)))
+    return finish_checkpoint(processor, out, lineage)
+
+
+def finish_checkpoint(processor, out: str | Path, lineage: dict) -> Path:
+    """Add the processor and, last, the lineage to a checkpoint whose weights are written."""
+    out = Path(out)
     processor.save_pretrained(str(out / "processor"))
     (out / LINEAGE).write_text(json.dumps(lineage, indent=2, sort_keys=True))
     return out

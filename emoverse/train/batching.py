@@ -1,8 +1,10 @@
 """Turn EMT rows (prompt, target, frames) into model inputs with the model's own processor.
 
 Messages go through the processor's chat template, so any image-text-to-text model with
-a video-capable processor works. For training the prompt is masked (-100) so the loss
-falls on the answer and its end-of-turn token only.
+a video-capable processor works (the tiny Qwen2-VL and InternVL are tested). For training
+the prompt is masked (-100) so the loss falls on the answer and its end-of-turn token
+only. The padding side is passed to every processor call (right for training, left for
+generation), since some processors (InternVL) default to their own.
 """
 
 from __future__ import annotations
@@ -53,10 +55,8 @@ class Collator:
         videos = [np.asarray(f) for f in batch["frames"]]
         tokenizer = self.processor.tokenizer
         if not self.train:
-            tokenizer.padding_side = "left"
             return dict(self.processor(text=prompts, videos=videos, padding=True,
-                                       return_tensors="pt"))
-        tokenizer.padding_side = "right"
+                                       padding_side="left", return_tensors="pt"))
         full = [self._chat(messages(str(p), str(t)), False)
                 for p, t in zip(batch["prompt"], batch["target"])]
         answer_lens = []
@@ -65,14 +65,17 @@ class Collator:
                 raise ValueError("chat template does not render the prompt as a prefix of the "
                                  "conversation; cannot mask the prompt")
             answer_lens.append(len(tokenizer(f[len(p):], add_special_tokens=False).input_ids))
-        enc = dict(self.processor(text=full, videos=videos, padding=True, return_tensors="pt"))
-        lengths = enc["attention_mask"].sum(dim=1)
+        enc = dict(self.processor(text=full, videos=videos, padding=True, padding_side="right",
+                                  return_tensors="pt"))
+        mask = enc["attention_mask"]
+        lengths = mask.sum(dim=1)
         if int(lengths.max()) > self.max_length:
             raise ValueError(f"a sample has {int(lengths.max())} tokens, over max_length "
                              f"{self.max_length}; raise max_length or use fewer frames")
+        # Keep each row's last `answer_len` real tokens (whichever side the padding is on).
         labels = enc["input_ids"].clone()
-        positions = torch.arange(labels.shape[1])[None, :]
+        rank = mask.cumsum(dim=1)  # 1-based position among the row's real tokens
         prompt_end = (lengths - torch.tensor(answer_lens))[:, None]
-        labels[(positions < prompt_end) | (enc["attention_mask"] == 0)] = IGNORE
+        labels[(rank <= prompt_end) | (mask == 0)] = IGNORE
         enc["labels"] = labels
         return enc

@@ -1,43 +1,8 @@
-"""`emoverse --help`: the command line of the M2SE implementation on Ray."""
+"""`emoverse emt ...` and `emoverse media ...`: EMT manifests and the media stage."""
 
 from __future__ import annotations
 
-import argparse
-import sys
-
-DESCRIPTION = """\
-emoverse: M2SE multistage multitask instruction tuning for unified sentiment and
-emotion analysis (MSA, MER, FER, ERI, ECPE), on Ray.
-
-Start with `emoverse quickstart`: it runs everything on this machine with a tiny
-model and a generated demo set, and prints what the model learned."""
-
-
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} is not a positive number")
-    return value
-
-
-def _quickstart(args) -> int:
-    from emoverse.quickstart import run_quickstart
-
-    run_quickstart(args.out, args.size, args.seed, args.overrides)
-    return 0
-
-
-def _model_init_tiny(args) -> int:
-    from emoverse.model.tiny import write_tiny_model
-    from emoverse.model.vocabulary import instruction_corpus
-
-    out = write_tiny_model(args.out, instruction_corpus())
-    print(f"wrote a tiny random-init Qwen2-VL to {out}; load it with "
-          "AutoProcessor/AutoModelForImageTextToText.from_pretrained")
-    return 0
+from emoverse.cli.arguments import positive_int
 
 
 def _emt_demo(args) -> int:
@@ -109,59 +74,7 @@ def _media_inspect(args) -> int:
     return 0
 
 
-def _bench_media(args) -> int:
-    from emoverse.benchmarks.media import report, run
-
-    print(report(run(args.clips, args.scale, args.detector, args.yunet_model, args.workdir,
-                     args.frames, args.side, args.decode_side)))
-    return 0
-
-
-def _recipes(args) -> int:
-    from emoverse.recipe import load_recipe, shipped_recipes
-
-    for name in shipped_recipes():
-        recipe = load_recipe(name)
-        stages = ", ".join(s.name for s in recipe.stages)
-        print(f"{name}: base {recipe.base_model}; stages: {stages}")
-    return 0
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="emoverse", description=DESCRIPTION,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-
-    qs = sub.add_parser(
-        "quickstart", help="run the whole system on this machine with the embedded default",
-        description="Write the tiny model, generate the demo EMT set, run the media stage "
-                    "(Ray Data), train both M2SE stages of the m2se-tiny recipe (Ray Train, "
-                    "2 workers), evaluate each task after each stage against the majority "
-                    "baseline, and print the table. CPU only; about 10 minutes on 2 cores.")
-    qs.add_argument("--out", help="run directory (default: runs/quickstart-<time>)")
-    qs.add_argument("--size", type=positive_int, default=None,
-                    help="demo set size in samples (default 4600; smaller runs faster but "
-                         "learns the face-decided labels less)")
-    qs.add_argument("--seed", type=int, default=0, help="demo set seed (default 0)")
-    qs.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
-                    help="recipe overrides, e.g. stages.0.epochs=2 media.detector=yunet "
-                         "media.yunet_model=/path/yunet.onnx")
-    qs.set_defaults(func=_quickstart)
-
-    model = sub.add_parser(
-        "model", help="model utilities",
-        description="Model utilities. `init-tiny` writes the embedded default model: a tiny, "
-                    "randomly initialised Qwen2-VL that every other command loads exactly "
-                    "as it would a downloaded Hugging Face checkpoint.").add_subparsers(
-        dest="model_command", metavar="ACTION", required=True)
-    tiny = model.add_parser(
-        "init-tiny", help="write the tiny random-init Qwen2-VL model directory",
-        description="Write a Hugging Face model directory (config, weights, tokenizer trained "
-                    "in-process, Qwen2-VL processor) that loads with AutoProcessor and "
-                    "AutoModelForImageTextToText like a downloaded checkpoint.")
-    tiny.add_argument("--out", required=True, help="directory to write")
-    tiny.set_defaults(func=_model_init_tiny)
-
+def register(sub) -> None:
     emt = sub.add_parser(
         "emt", help="EMT instruction data",
         description="The Emotion Multitask (EMT) instruction data: one Parquet manifest row "
@@ -220,7 +133,6 @@ def build_parser() -> argparse.ArgumentParser:
                     "split, and its label distribution per task.")
     stats.add_argument("manifest", help="manifest Parquet file")
     stats.set_defaults(func=_emt_stats)
-
     media = sub.add_parser(
         "media", help="the media stage: decode clips and crop faces on Ray Data",
         description="Decode every clip of a manifest with decord, sample frames uniformly "
@@ -249,54 +161,3 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("--seed", type=int, default=0, help="which clips (seed)")
     inspect.add_argument("--sheet", help="PNG path (default CACHE/contact_sheet.png)")
     inspect.set_defaults(func=_media_inspect)
-
-    bench = sub.add_parser(
-        "bench", help="benchmarks that print side-by-side ratios",
-        description="Benchmarks. Each measures the alternatives in one run on the same "
-                    "data and prints their ratios, so results hold on a busy machine.")
-    bench_sub = bench.add_subparsers(dest="bench_command", metavar="WHAT", required=True)
-    bm = bench_sub.add_parser(
-        "media", help="media stage vs a naive loop vs decoding alone, and memory",
-        description="On the same generated clips: (a) a naive single-process loop decoding "
-                    "every frame, (b) the Ray Data media stage on all CPUs, (c) decoding the "
-                    "sampled frames alone. Prints clips/s, b/a, b/c and the peak memory of "
-                    "the Ray processes on N and SCALE x N clips.")
-    bm.add_argument("--clips", type=positive_int, default=150, help="clips (default 150)")
-    bm.add_argument("--frames", type=positive_int, default=48,
-                    help="frames per generated clip (default 48)")
-    bm.add_argument("--side", type=positive_int, default=360,
-                    help="frame side of the generated clips in px (default 360)")
-    bm.add_argument("--decode-side", type=positive_int, default=480,
-                    help="the media stage's max_decode_side (default 480)")
-    bm.add_argument("--scale", type=positive_int, default=5,
-                    help="size factor of the memory check's larger set (default 5)")
-    bm.add_argument("--detector", choices=["haar", "yunet"], default="haar")
-    bm.add_argument("--yunet-model", help="YuNet ONNX weights (detector yunet)")
-    bm.add_argument("--workdir", help="where to write the clips (default: a temp dir)")
-    bm.set_defaults(func=_bench_media)
-
-    recipes = sub.add_parser(
-        "recipes", help="list the shipped training recipes",
-        description="List the recipes shipped in the package. A recipe names the base model, "
-                    "the media parameters and the ordered M2SE stages with their task "
-                    "mixtures and hyperparameters; m2se-paper is the paper's, m2se-tiny the "
-                    "embedded default.")
-    recipes.set_defaults(func=_recipes)
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    if getattr(args, "size", 0) is None:
-        from emoverse.quickstart import DEFAULT_SIZE
-
-        args.size = DEFAULT_SIZE
-    try:
-        return args.func(args)
-    except (FileNotFoundError, ValueError, KeyError) as exc:
-        print(f"emoverse: error: {exc}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,0 +1,38 @@
+"""`emoverse --help`: the command line of the M2SE implementation on Ray."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from emoverse.cli import bench, data, training
+
+DESCRIPTION = """\
+emoverse: M2SE multistage multitask instruction tuning for unified sentiment and
+emotion analysis (MSA, MER, FER, ERI, ECPE), on Ray.
+
+Start with `emoverse quickstart`: it runs everything on this machine with a tiny
+model and a generated demo set, and prints what the model learned."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="emoverse", description=DESCRIPTION,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for area in (training, data, bench):
+        area.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if getattr(args, "size", 0) is None:
+        from emoverse.quickstart import DEFAULT_SIZE
+
+        args.size = DEFAULT_SIZE
+    try:
+        return args.func(args)
+    except (FileNotFoundError, FileExistsError, ValueError, KeyError) as exc:
+        print(f"emoverse: error: {exc}", file=sys.stderr)
+        return 2
+

@@ -1,0 +1,137 @@
+"""`emoverse quickstart`, `train`, `export`, `recipes` and `model ...`."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from emoverse.cli.arguments import positive_int
+from emoverse.model.architectures import ARCH_NAMES, DEFAULT_ARCH
+
+
+def _quickstart(args) -> int:
+    from emoverse.quickstart import run_quickstart
+
+    run_quickstart(args.out, args.size, args.seed, args.overrides)
+    return 0
+
+
+def _train(args) -> int:
+    from emoverse.pipeline import results_table, say, train_recipe
+    from emoverse.recipe import load_recipe
+
+    overrides = list(args.overrides)
+    if args.manifest:
+        overrides.append(f"data.manifest={args.manifest}")
+    recipe = load_recipe(args.recipe, overrides)  # bad overrides fail before any work
+    run_dir = args.run_dir or f"runs/{recipe.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    results = train_recipe(recipe, run_dir, stages=args.stage or None,
+                           evaluate=not args.no_eval)
+    if results.get("baseline"):
+        print()
+        print(results_table(results))
+    say(f"run directory: {Path(run_dir).resolve()}")
+    return 0
+
+
+def _export(args) -> int:
+    from emoverse.model.export import export_model, resolve_checkpoint
+
+    checkpoint = resolve_checkpoint(args.source, args.stage)
+    out = export_model(checkpoint, args.out)
+    print(f"exported {checkpoint} to {out}: load it with "
+          "AutoModelForImageTextToText/AutoProcessor.from_pretrained")
+    return 0
+
+
+def _model_init_tiny(args) -> int:
+    from emoverse.model.tiny import write_tiny_model
+    from emoverse.model.vocabulary import instruction_corpus
+
+    out = write_tiny_model(args.out, instruction_corpus(), arch=args.arch)
+    print(f"wrote a tiny random-init {args.arch} model to {out}; load it with "
+          "AutoProcessor/AutoModelForImageTextToText.from_pretrained")
+    return 0
+
+
+def _recipes(args) -> int:
+    from emoverse.recipe import load_recipe, shipped_recipes
+
+    for name in shipped_recipes():
+        recipe = load_recipe(name)
+        stages = ", ".join(s.name for s in recipe.stages)
+        print(f"{name}: base {recipe.base_model}; stages: {stages}")
+    return 0
+
+
+def register(sub) -> None:
+    qs = sub.add_parser(
+        "quickstart", help="run the whole system on this machine with the embedded default",
+        description="Write the tiny model, generate the demo EMT set, run the media stage "
+                    "(Ray Data), train both M2SE stages of the m2se-tiny recipe (Ray Train, "
+                    "2 workers), evaluate each task after each stage against the majority "
+                    "baseline, and print the table. CPU only; about 10 minutes on 2 cores.")
+    qs.add_argument("--out", help="run directory (default: runs/quickstart-<time>)")
+    qs.add_argument("--size", type=positive_int, default=None,
+                    help="demo set size in samples (default 4600; smaller runs faster but "
+                         "learns the face-decided labels less)")
+    qs.add_argument("--seed", type=int, default=0, help="demo set seed (default 0)")
+    qs.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                    help="recipe overrides, e.g. stages.0.epochs=2 media.detector=yunet "
+                         "media.yunet_model=/path/yunet.onnx")
+    qs.set_defaults(func=_quickstart)
+    train = sub.add_parser(
+        "train", help="train a recipe's M2SE stages on Ray Train",
+        description="Run a recipe (a shipped name such as m2se-tiny or m2se-paper, or a YAML "
+                    "file): the media stage on Ray Data, then each stage on Ray Train from the "
+                    "previous stage's checkpoint, evaluating after each. Finished stages are "
+                    "skipped and an interrupted stage resumes from its last checkpoint when "
+                    "the same --run-dir is given again. An existing Ray cluster is used when "
+                    "RAY_ADDRESS is set.")
+    train.add_argument("recipe", help="shipped recipe name or recipe YAML file")
+    train.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                       help="recipe overrides, e.g. stages.0.epochs=2 "
+                            "stages.stage1-multitask-pretraining.lr=1e-3 scaling.num_workers=4")
+    train.add_argument("--run-dir", help="run directory (default: runs/<recipe>-<time>); "
+                                         "give an existing one to resume")
+    train.add_argument("--manifest", help="EMT manifest to train on (data.manifest)")
+    train.add_argument("--stage", action="append", metavar="NAME",
+                       help="run only this stage (repeatable); earlier stages must have "
+                            "finished in --run-dir")
+    train.add_argument("--no-eval", action="store_true", help="skip the per-stage evaluation")
+    train.set_defaults(func=_train)
+
+    export = sub.add_parser(
+        "export", help="merge a run's adapters into a standalone Hugging Face model",
+        description="Merge a stage's LoRA adapter, and the stages below it, into standalone "
+                    "weights and write a model directory (with its processor) that "
+                    "from_pretrained loads without emoverse or peft.")
+    export.add_argument("source", help="a run directory or a stage checkpoint directory")
+    export.add_argument("--out", required=True, help="directory to write (must be empty)")
+    export.add_argument("--stage", help="stage of the run to export (default: its last "
+                                        "finished stage)")
+    export.set_defaults(func=_export)
+
+    model = sub.add_parser(
+        "model", help="model utilities",
+        description="Model utilities. `init-tiny` writes the embedded default model: a tiny, "
+                    "randomly initialised Qwen2-VL that every other command loads exactly "
+                    "as it would a downloaded Hugging Face checkpoint.").add_subparsers(
+        dest="model_command", metavar="ACTION", required=True)
+    tiny = model.add_parser(
+        "init-tiny", help="write the tiny random-init Qwen2-VL model directory",
+        description="Write a Hugging Face model directory (config, weights, tokenizer trained "
+                    "in-process, Qwen2-VL processor) that loads with AutoProcessor and "
+                    "AutoModelForImageTextToText like a downloaded checkpoint.")
+    tiny.add_argument("--out", required=True, help="directory to write")
+    tiny.add_argument("--arch", default=DEFAULT_ARCH, choices=ARCH_NAMES,
+                      help=f"which real transformers architecture to write (default: "
+                           f"{DEFAULT_ARCH}; internvl is the paper's model family)")
+    tiny.set_defaults(func=_model_init_tiny)
+    recipes = sub.add_parser(
+        "recipes", help="list the shipped training recipes",
+        description="List the recipes shipped in the package. A recipe names the base model, "
+                    "the media parameters and the ordered M2SE stages with their task "
+                    "mixtures and hyperparameters; m2se-paper is the paper's, m2se-tiny the "
+                    "embedded default.")
+    recipes.set_defaults(func=_recipes)

@@ -1,0 +1,117 @@
+"""The run directory: where a recipe's run keeps everything, and what is already done.
+
+    recipe.yaml          the resolved recipe (a re-run must match it)
+    base-model/          the embedded tiny model, when the recipe's base_model is "tiny"
+    data/                the generated demo set, when the recipe names no manifest
+    media-cache/         the media stage's cache (unless a shared cache root is given)
+    ray/<stage>/         Ray Train's state of each stage: resumable checkpoints
+    checkpoints/<stage>/ each finished stage in Hugging Face form, with lineage.json
+    metrics.json, loss.png, <stage>-predictions.parquet
+
+A stage is finished when `checkpoints/<stage>/lineage.json` exists: it is written last.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+from emoverse.model.checkpoint import LINEAGE
+from emoverse.recipe import Recipe, dump_recipe, load_recipe
+
+TINY = "tiny"
+
+
+class RunDir:
+    def __init__(self, path: str | Path):
+        self.path = Path(path).resolve()
+
+    @property
+    def recipe_file(self) -> Path:
+        return self.path / "recipe.yaml"
+
+    @property
+    def ray_storage(self) -> Path:
+        return self.path / "ray"
+
+    @property
+    def media_cache(self) -> Path:
+        return self.path / "media-cache"
+
+    @property
+    def metrics_file(self) -> Path:
+        return self.path / "metrics.json"
+
+    def checkpoint(self, stage: str) -> Path:
+        return self.path / "checkpoints" / stage
+
+    def is_finished(self, stage: str) -> bool:
+        return (self.checkpoint(stage) / LINEAGE).is_file()
+
+    def predictions(self, stage: str) -> Path:
+        return self.path / f"{stage}-predictions.parquet"
+
+    def start(self, recipe: Recipe) -> None:
+        """Create the directory, or check that an existing run used the same recipe."""
+        if self.recipe_file.is_file():
+            previous = load_recipe(self.recipe_file)
+            if previous.digest() != recipe.digest():
+                raise ValueError(
+                    f"run directory {self.path} holds a run of a different recipe "
+                    f"({previous.name}, digest {previous.digest()} vs {recipe.digest()}); "
+                    "use a new run directory, or the same recipe and overrides to resume")
+            return
+        self.path.mkdir(parents=True, exist_ok=True)
+        dump_recipe(recipe, self.recipe_file)
+
+    def base_model(self, recipe: Recipe) -> str:
+        """The recipe's base model; the embedded tiny one is written on first use."""
+        if recipe.base_model != TINY:
+            return recipe.base_model
+        from emoverse.model.tiny import write_tiny_model
+        from emoverse.model.vocabulary import instruction_corpus
+
+        out = self.path / "base-model"
+        if not (out / "config.json").is_file():
+            write_tiny_model(out, instruction_corpus())
+        return str(out)
+
+    def manifest(self, recipe: Recipe, progress=None) -> Path:
+        """The recipe's manifest; the demo set is generated on first use."""
+        if recipe.data.manifest:
+            path = Path(recipe.data.manifest)
+            if not path.is_file():
+                raise FileNotFoundError(f"data.manifest {path} does not exist")
+            return path
+        from emoverse.emt.demo import build_demo
+
+        out = self.path / "data" / "manifest.parquet"
+        if out.is_file():
+            return out
+        return build_demo(self.path / "data", size=recipe.data.demo_size,
+                          seed=recipe.data.demo_seed, progress=progress)
+
+    def keep_stage(self, stage: str, ray_checkpoint: Path, parent: str) -> Path:
+        """Copy a stage's final Ray checkpoint into `checkpoints/<stage>` in HF form.
+
+        The lineage's parent is made relative when it is the previous stage of this run,
+        so a run directory can be moved or copied as a whole.
+        """
+        out = self.checkpoint(stage)
+        tmp = out.with_name(out.name + ".partial")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        for part in ("model", "adapter", "processor"):
+            if (ray_checkpoint / part).is_dir():
+                shutil.copytree(ray_checkpoint / part, tmp / part)
+        lineage = json.loads((ray_checkpoint / LINEAGE).read_text())
+        parent_path = Path(parent).resolve() if Path(parent).exists() else None
+        if parent_path and parent_path.is_relative_to(self.path):
+            parent = os.path.relpath(parent_path, out)
+        lineage["parent"] = parent
+        shutil.rmtree(out, ignore_errors=True)
+        tmp.rename(out)
+        (out / LINEAGE).write_text(json.dumps(lineage, indent=2, sort_keys=True))
+        return out

@@ -1,0 +1,127 @@
+"""Fault tolerance of a stage on Ray Train: a killed worker and a killed driver both resume
+from the last checkpoint with the step count restored, not from step zero."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from emoverse.model.checkpoint import read_lineage
+
+pytestmark = pytest.mark.integration
+
+MEDIA = {"num_frames": 4, "size": 56, "detector": "haar"}
+
+
+def long_stage(name: str = "stage1") -> dict:
+    """Enough steps (and checkpoints) that a failure lands in the middle of the stage."""
+    return {"name": name, "mixture": [{"task": "msa", "weight": 1.0}, {"task": "mer", "weight": 1.0}],
+            "epochs": 4, "epoch_size": 480, "batch_size": 8, "lr": 1e-3, "max_length": 512,
+            "checkpoint_every": 10, "log_every": 10,
+            "trainable": {"mode": "full", "vision": True}}
+
+
+def latest_step(storage: Path) -> int:
+    """The step of the newest resumable checkpoint Ray Train has persisted under `storage`."""
+    steps = [json.loads(p.read_text())["step"] for p in storage.glob("*/checkpoint_*/loop_state.json")]
+    return max(steps, default=0)
+
+
+def wait_for_checkpoint(storage: Path, done, timeout: float = 240) -> int:
+    start = time.time()
+    while time.time() - start < timeout and not done():
+        step = latest_step(storage)
+        if step >= 20:
+            return step
+        time.sleep(0.2)
+    raise AssertionError(f"no checkpoint at step >= 20 under {storage} in {timeout}s")
+
+
+def test_a_killed_worker_is_replaced_and_resumes_at_the_checkpointed_step(tiny_model, demo_set,
+                                                                          tmp_path):
+    import psutil
+    import ray
+
+    from emoverse.distributed.media_stage import run_media_stage
+    from emoverse.distributed.training import fit_stage
+    from emoverse.recipe import MediaConfig, ScalingConfig, StageConfig
+
+    ray.init(num_cpus=2, include_dashboard=False, ignore_reinit_error=True)
+    cache = run_media_stage(demo_set, MediaConfig(**MEDIA), tmp_path / "cache")
+    stage = StageConfig(**long_stage())
+    result: dict = {}
+
+    def fit():
+        result["checkpoint"] = fit_stage(stage, cache, tiny_model, tmp_path / "ray",
+                                         ScalingConfig(max_failures=2),
+                                         {"parent": str(tiny_model)})
+
+    thread = threading.Thread(target=fit)
+    thread.start()
+    killed_after = wait_for_checkpoint(tmp_path / "ray", lambda: not thread.is_alive())
+    workers = [p for p in psutil.process_iter(["cmdline"])
+               if "RayTrainWorker" in " ".join(p.info["cmdline"] or [])]
+    assert workers, "no Ray Train worker process found"
+    workers[-1].send_signal(signal.SIGKILL)
+    thread.join(timeout=600)
+    lineage = read_lineage(result["checkpoint"])
+    # The checkpoint on disk when the worker died, or the one before it when the kill came
+    # before every worker had reported it (Ray Train registers it only then).
+    assert lineage["resumed_at_step"] in (killed_after, killed_after - 10)
+    assert 0 < lineage["resumed_at_step"] < lineage["step"]  # mid-stage, not from zero
+    ray.shutdown()
+
+
+def test_a_restarted_driver_resumes_the_run(tmp_path):
+    recipe = {"name": "resume-test", "base_model": "tiny", "data": {"demo_size": 80},
+              "media": MEDIA, "stages": [long_stage()]}
+    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+    run_dir = tmp_path / "run"
+    cmd = [sys.executable, "-m", "emoverse", "train", str(tmp_path / "recipe.yaml"),
+           "--run-dir", str(run_dir), "--no-eval"]
+    env = {**os.environ, "RAY_ADDRESS": ""}
+    first = subprocess.Popen(cmd, env=env, start_new_session=True, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+    try:
+        killed_after = wait_for_checkpoint(run_dir / "ray", lambda: first.poll() is not None)
+    finally:
+        os.killpg(first.pid, signal.SIGKILL)  # the driver and the Ray it started
+        first.wait()
+    assert not (run_dir / "checkpoints" / "stage1" / "lineage.json").exists()
+
+    second = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0, second.stderr[-3000:]
+    lineage = read_lineage(run_dir / "checkpoints" / "stage1")
+    assert lineage["resumed_at_step"] in (killed_after, killed_after - 10)
+    assert lineage["resumed_at_step"] > 0
+    assert lineage["step"] > lineage["resumed_at_step"]
+
+
+def test_a_stage_runs_with_the_deepspeed_zero2_strategy(tiny_model, demo_set, tmp_path):
+    import ray
+
+    from emoverse.distributed.media_stage import run_media_stage
+    from emoverse.distributed.training import fit_stage
+    from emoverse.model.checkpoint import load_model
+    from emoverse.recipe import MediaConfig, ScalingConfig, StageConfig
+
+    ray.init(num_cpus=2, include_dashboard=False, ignore_reinit_error=True)
+    cache = run_media_stage(demo_set, MediaConfig(**MEDIA), tmp_path / "cache")
+    stage = StageConfig(**{**long_stage(), "epochs": 1, "epoch_size": 160, "log_every": 2,
+                           "checkpoint_every": None, "grad_accum": 2,
+                           "strategy": {"kind": "deepspeed", "zero_stage": 2}})
+    checkpoint = fit_stage(stage, cache, tiny_model, tmp_path / "ray", ScalingConfig(),
+                           {"parent": str(tiny_model)})
+    lineage = read_lineage(checkpoint)
+    assert lineage["step"] == 10  # 160 samples / (batch 8 x accumulation 2)
+    assert lineage["losses"][-1] < lineage["losses"][0]
+    assert (checkpoint / "engine").is_dir()  # DeepSpeed's own resumable state
+    load_model(checkpoint)  # the Hugging Face weights load back
+    ray.shutdown()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 LOOP_STATE = "loop_state.json"
@@ -34,6 +35,23 @@ def worker_loop(config: dict) -> None:
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     processor = load_processor(config["init_from"])
+    shard = ray.train.get_dataset_shard("train")
+    collate = Collator(processor, stage.max_length)
+
+    def shard_batches(epoch: int):
+        return shard.iter_torch_batches(
+            batch_size=stage.batch_size // world, collate_fn=collate, drop_last=True,
+            prefetch_batches=4, local_shuffle_buffer_size=config["shuffle_buffer"],
+            local_shuffle_seed=stage.seed * 1000 + epoch)
+
+    resumed = ray.train.get_checkpoint()
+    state = LoopState()
+    if resumed:
+        with resumed.as_directory() as directory:
+            state = LoopState.from_dict(json.loads((Path(directory) / LOOP_STATE).read_text()))
+    # Start the data pipeline now: its start-up overlaps the model's loading.
+    feed = EpochFeed(shard_batches, first_epoch=state.epoch)
+
     model = apply_trainable(load_model(config["init_from"]), stage.trainable)
     if rank == 0:
         print(f"[{stage.name}] {trainable_summary(model)}", flush=True)
@@ -43,26 +61,17 @@ def worker_loop(config: dict) -> None:
         model = model.to(ray.train.torch.get_device())
     total = config["total_steps"]
     engine = make_engine(model, stage, total)
-    state = LoopState()
-    resumed = ray.train.get_checkpoint()
     if resumed:
         with resumed.as_directory() as directory:
             engine.load(Path(directory) / ENGINE_DIR)
-            state = LoopState.from_dict(json.loads((Path(directory) / LOOP_STATE).read_text()))
         if rank == 0:
             print(f"[{stage.name}] resumed from a checkpoint at step {state.step}/{total} "
                   f"(epoch {state.epoch + 1}, {state.epoch_step} steps in)", flush=True)
     resumed_at = state.step if resumed else None
-
-    shard = ray.train.get_dataset_shard("train")
-    collate = Collator(processor, stage.max_length)
     device = getattr(engine, "device", None) or ray.train.torch.get_device()
 
     def epoch_batches(epoch: int):
-        for batch in shard.iter_torch_batches(
-                batch_size=stage.batch_size // world, collate_fn=collate, drop_last=True,
-                prefetch_batches=4, local_shuffle_buffer_size=config["shuffle_buffer"],
-                local_shuffle_seed=stage.seed * 1000 + epoch):
+        for batch in feed(epoch):
             yield {k: v.to(device) for k, v in batch.items()}
 
     def progress(state: LoopState, metrics: dict) -> dict:
@@ -86,6 +95,8 @@ def worker_loop(config: dict) -> None:
                 lineage = {**config["lineage"], "step": state.step, "loss": metrics["loss"],
                            "losses": state.losses, "log_every": stage.log_every,
                            "samples_per_second": state.samples_per_second * world,
+                           "data_wait_fraction": state.data_wait_fraction,
+                           "warm_data_wait_fraction": state.warm_data_wait_fraction,
                            "resumed_at_step": resumed_at}
                 finish_checkpoint(processor, tmp, lineage)
             if rank == 0:
@@ -97,3 +108,28 @@ def worker_loop(config: dict) -> None:
 
     train_epochs(engine, epoch_batches, stage, total, state, on_log=on_log,
                  on_checkpoint=on_checkpoint)
+
+
+class EpochFeed:
+    """Each epoch's batches; the first epoch's first batch is fetched in the background
+    from construction on, so the pipeline warms up while the caller does other work."""
+
+    def __init__(self, batches, first_epoch: int):
+        self._batches, self._first = batches, first_epoch
+        self._iterator = iter(batches(first_epoch))
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="epoch-feed")
+        self._head = self._pool.submit(next, self._iterator, _END)
+
+    def __call__(self, epoch: int):
+        if epoch != self._first or self._head is None:
+            yield from self._batches(epoch)
+            return
+        head, self._head = self._head.result(), None
+        self._pool.shutdown(wait=False)
+        if head is _END:
+            return
+        yield head
+        yield from self._iterator
+
+
+_END = object()

@@ -10,6 +10,7 @@ directory (the same `RunConfig(storage_path, name)`) resumes it after a driver r
 from __future__ import annotations
 
 import json
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -20,12 +21,21 @@ from emoverse.emt.mixture import realise
 from emoverse.recipe import ScalingConfig, StageConfig
 
 ROW_COLUMNS = ["sample_id", "prompt", "target", "frames"]
+SHUFFLE_BATCHES = 8  # each worker mixes rows across this many global batches' worth
 
 
-def repeat_rows(batch: dict[str, np.ndarray], multiplicity: dict[str, int]) -> dict:
-    """Repeat each row by its mixture multiplicity (0 drops it)."""
+def repeat_rows(batch: dict[str, np.ndarray], multiplicity: dict[str, int],
+                seed: int = 0) -> dict:
+    """Repeat each row by its mixture multiplicity (0 drops it), in a shuffled order.
+
+    Shuffling here, per block and deterministically, keeps the copies of a sample apart,
+    so the workers' local shuffle buffer can stay a few batches small: a large one must
+    fill before the first batch, which on a streaming epoch means most of the read.
+    """
     counts = np.array([multiplicity.get(str(s), 0) for s in batch["sample_id"]], dtype=int)
-    return {k: np.repeat(v, counts, axis=0) for k, v in batch.items()}
+    key = zlib.crc32(str(batch["sample_id"][0]).encode()) if len(counts) else 0
+    order = np.random.default_rng([seed, key]).permutation(int(counts.sum()))
+    return {k: np.repeat(v, counts, axis=0)[order] for k, v in batch.items()}
 
 
 def plan_epoch(cache_dir: str | Path, stage: StageConfig) -> tuple[dict[str, int], dict]:
@@ -63,11 +73,13 @@ def total_steps(stage: StageConfig, per_epoch: int) -> int:
 
 
 def fit_stage(stage: StageConfig, cache_dir: str | Path, init_from: str | Path,
-              storage: str | Path, scaling: ScalingConfig, lineage: dict) -> Path:
+              storage: str | Path, scaling: ScalingConfig, lineage: dict,
+              materialize: bool | None = None) -> Path:
     """Train one stage from `init_from`; returns its final checkpoint directory.
 
     `storage` holds Ray Train's run state (`storage/<stage name>/`) and the stage's
     mixture report; running again with the same `storage` resumes an unfinished stage.
+    `materialize`: keep the epoch's rows in the object store (default: when they fit).
     """
     import ray.data
     from ray.train import CheckpointConfig, FailureConfig, RunConfig
@@ -87,9 +99,11 @@ def fit_stage(stage: StageConfig, cache_dir: str | Path, init_from: str | Path,
     storage.mkdir(parents=True, exist_ok=True)
     (storage / f"{stage.name}-mixture.json").write_text(json.dumps(
         {"samples_per_epoch": rows, "by_entry": seen, "epochs": stage.epochs}, indent=2))
-    ds = ray.data.read_parquet(clip_files(cache_dir)).select_columns(ROW_COLUMNS).map_batches(
-        repeat_rows, fn_kwargs={"multiplicity": multiplicity}, batch_format="numpy")
-    if fits_in_object_store(cache_dir, rows):
+    ds = ray.data.read_parquet(clip_files(cache_dir)).select_columns(ROW_COLUMNS)
+    ds = ds.randomize_block_order(seed=stage.seed).map_batches(
+        repeat_rows, fn_kwargs={"multiplicity": multiplicity, "seed": stage.seed},
+        batch_format="numpy")
+    if materialize if materialize is not None else fits_in_object_store(cache_dir, rows):
         # Multi-epoch stages re-run a streaming pipeline every epoch (seconds of start-up
         # each time); an epoch that fits comfortably is computed once and kept.
         ds = ds.materialize()
@@ -100,7 +114,7 @@ def fit_stage(stage: StageConfig, cache_dir: str | Path, init_from: str | Path,
             "init_from": str(init_from),
             "torch_threads": scaling.torch_threads,
             "total_steps": total_steps(stage, per_epoch),
-            "shuffle_buffer": min(2048, max(stage.batch_size, rows // 2)),
+            "shuffle_buffer": SHUFFLE_BATCHES * stage.batch_size,
             "lineage": {**lineage, "stage": stage.name, "mixture_seen": seen},
         },
         scaling_config=RayScaling(num_workers=scaling.num_workers, use_gpu=scaling.use_gpu,

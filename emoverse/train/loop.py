@@ -27,10 +27,17 @@ class LoopState:
     data_wait: float = 0.0  # seconds spent waiting for batches
     compute: float = 0.0  # seconds spent in forward/backward/step
     callbacks: float = 0.0  # seconds spent logging, reporting and checkpointing
+    epoch_start_wait: float = 0.0  # the part of data_wait spent on each epoch's first batch
 
     @property
     def data_wait_fraction(self) -> float:
         return self.data_wait / max(1e-9, self.data_wait + self.compute)
+
+    @property
+    def warm_data_wait_fraction(self) -> float:
+        """Waiting for data once each epoch's pipeline is running (first batches excluded)."""
+        warm = self.data_wait - self.epoch_start_wait
+        return warm / max(1e-9, warm + self.compute)
 
     @property
     def samples_per_second(self) -> float:
@@ -72,6 +79,8 @@ def train_epochs(engine: Engine, epoch_batches: Callable[[int], Iterable[dict]],
                 continue
             start = time.perf_counter()
             state.data_wait += start - tick
+            if micro == skip:
+                state.epoch_start_wait += start - tick
             loss = engine.forward(batch)
             stepped = engine.backward(loss)
             window.append(float(loss.detach()))

@@ -38,10 +38,12 @@ def answer_budget(manifest: pd.DataFrame, model_path: str | Path, split: str) ->
 def train_recipe(recipe: Recipe, run_dir: str | Path, stages: list[str] | None = None,
                  evaluate: bool = True, cache_root: str | Path | None = None) -> dict:
     """Train the recipe's stages (or the named ones) in order; returns the run's metrics."""
-    run = RunDir(run_dir)
-    run.start(recipe)
     for name in stages or []:
         recipe.stage(name)  # unknown names fail before any work
+    if recipe.data.manifest:
+        read_manifest(recipe.data.manifest)  # so does a missing or invalid manifest
+    run = RunDir(run_dir)
+    run.start(recipe)
     say(f"run directory: {run.path}")
     base = run.base_model(recipe)
     manifest_path = run.manifest(recipe, progress=_demo_progress())

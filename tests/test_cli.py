@@ -6,7 +6,7 @@ from emoverse.cli import build_parser, main
 
 COMMANDS = [[], ["quickstart"], ["model"], ["model", "init-tiny"], ["emt"], ["emt", "demo"],
             ["emt", "build"], ["emt", "stats"], ["media"], ["media", "run"], ["media", "inspect"],
-            ["bench"], ["bench", "media"],
+            ["bench"], ["bench", "media"], ["bench", "train"], ["train"], ["export"],
             ["recipes"]]
 
 
@@ -23,7 +23,7 @@ def test_top_level_help_lists_the_subcommands(capsys):
     with pytest.raises(SystemExit):
         main(["--help"])
     out = capsys.readouterr().out
-    for word in ("quickstart", "model", "emt", "recipes"):
+    for word in ("quickstart", "train", "export", "model", "emt", "media", "bench", "recipes"):
         assert word in out
 
 
@@ -53,3 +53,20 @@ def test_bad_sizes_are_rejected(size, capsys):
         main(["emt", "demo", "--out", "x", "--size", size])
     assert exit_.value.code == 2
     assert "--size" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--stage", "nope"], "has no stage 'nope'"),
+    (["--manifest", "missing.parquet"], "missing.parquet"),
+    (["stages.0.epochs=zero"], "epochs"),
+])
+def test_train_rejects_bad_input_before_any_work(args, message, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    assert main(["train", "m2se-tiny", "--run-dir", str(run_dir), *args]) == 2
+    assert message in capsys.readouterr().err
+    assert not run_dir.exists()  # nothing was started
+
+
+def test_export_of_something_that_is_not_a_run(tmp_path, capsys):
+    assert main(["export", str(tmp_path), "--out", str(tmp_path / "out")]) == 2
+    assert "neither a stage checkpoint nor a run directory" in capsys.readouterr().err

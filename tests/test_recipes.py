@@ -18,6 +18,13 @@ def test_every_shipped_recipe_validates(name, tmp_path):
         assert stage.mixture and all(e.weight > 0 for e in stage.mixture)
     again = load_recipe(dump_recipe(recipe, tmp_path / "r.yaml"))
     assert again == recipe
+    for stage in recipe.stages:  # DeepSpeed stages: the generated config passes its parser
+        assert stage.batch_size % recipe.scaling.num_workers == 0
+        if stage.strategy.kind == "deepspeed":
+            from emoverse.train.deepspeed_config import deepspeed_config, validate_deepspeed_config
+
+            workers = recipe.scaling.num_workers
+            validate_deepspeed_config(deepspeed_config(stage, workers), workers)
 
 
 def test_paper_recipe_matches_the_paper():

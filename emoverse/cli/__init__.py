@@ -25,7 +25,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # KEY=VALUE overrides may also follow options (`train R --run-dir D a.b=1`), which
+    # argparse leaves unparsed for a positional list that came earlier.
+    if extra and hasattr(args, "overrides") and all("=" in e and not e.startswith("-")
+                                                    for e in extra):
+        args.overrides = [*args.overrides, *extra]
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if getattr(args, "size", 0) is None:
         from emoverse.quickstart import DEFAULT_SIZE
 

@@ -10,15 +10,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pandas as pd
-
-from emoverse.distributed.inference import predict
 from emoverse.distributed.media_stage import run_media_stage
 from emoverse.distributed.session import ensure_ray
 from emoverse.distributed.training import fit_stage
 from emoverse.emt.manifest import manifest_hash, read_manifest
-from emoverse.evaluation.scoring import baselines, score, table
-from emoverse.model.checkpoint import load_processor, read_lineage
+from emoverse.evaluation.evaluator import EvalRequest
+from emoverse.evaluation.evaluator import evaluate as evaluate_model
+from emoverse.evaluation.scoring import table
+from emoverse.model.checkpoint import read_lineage
 from emoverse.recipe import Recipe
 from emoverse.rundir import RunDir
 from emoverse.train.curves import write_loss_curves
@@ -26,13 +25,6 @@ from emoverse.train.curves import write_loss_curves
 
 def say(message: str) -> None:
     print(f"[emoverse] {message}", flush=True)
-
-
-def answer_budget(manifest: pd.DataFrame, model_path: str | Path, split: str) -> int:
-    """Enough new tokens for the longest target of the split, plus a margin."""
-    tokenizer = load_processor(model_path).tokenizer
-    targets = manifest[manifest.split == split].target.tolist()
-    return max(len(tokenizer(t, add_special_tokens=False).input_ids) for t in targets) + 4
 
 
 def train_recipe(recipe: Recipe, run_dir: str | Path, stages: list[str] | None = None,
@@ -47,7 +39,6 @@ def train_recipe(recipe: Recipe, run_dir: str | Path, stages: list[str] | None =
     say(f"run directory: {run.path}")
     base = run.base_model(recipe)
     manifest_path = run.manifest(recipe, progress=_demo_progress())
-    manifest = read_manifest(manifest_path).to_pandas()
     ensure_ray()
 
     say("media stage: decoding clips and cropping faces on Ray Data")
@@ -59,8 +50,7 @@ def train_recipe(recipe: Recipe, run_dir: str | Path, stages: list[str] | None =
     results = _previous_results(run)
     results["media"] = {k: v for k, v in stats.items() if k != "errors"}
     lineage = {"recipe": recipe.digest(), "manifest": manifest_hash(manifest_path)}
-    budget = recipe.eval.max_new_tokens or answer_budget(manifest, base, recipe.eval.split)
-    parent = base
+    parent, previous_eval = base, None
     for stage in recipe.stages:
         checkpoint = run.checkpoint(stage.name)
         if run.is_finished(stage.name):
@@ -79,14 +69,18 @@ def train_recipe(recipe: Recipe, run_dir: str | Path, stages: list[str] | None =
                               run.path / "loss.png")
         if evaluate and stage.name not in results["stages"]:
             say(f"evaluating {stage.name} on the {recipe.eval.split} split")
-            preds = predict(cache, checkpoint, recipe.eval.split, budget, recipe.eval.batch_size)
-            preds.to_parquet(run.predictions(stage.name))
-            results["stages"][stage.name] = {"checkpoint": str(checkpoint),
+            out = run.evaluation(stage.name, recipe.eval.split)
+            metrics = evaluate_model(EvalRequest(
+                model=checkpoint, manifest=manifest_path, out=out, media=recipe.media,
+                cache_root=Path(cache_root or run.media_cache), config=recipe.eval,
+                previous=previous_eval))
+            results["stages"][stage.name] = {"checkpoint": str(checkpoint), "evaluation": str(out),
                                              "lineage": read_lineage(checkpoint),
-                                             "metrics": score(manifest, preds)}
-            results["baseline"] = baselines(
-                manifest, preds.groupby("task").sample_id.apply(list).to_dict())
+                                             "metrics": metrics["tasks"]}
+            results["baseline"] = metrics["baseline"]
             run.metrics_file.write_text(json.dumps(results, indent=2, default=float))
+        if evaluate:
+            previous_eval = run.evaluation(stage.name, recipe.eval.split)
         parent = checkpoint
         if stages and stage.name == stages[-1]:
             break

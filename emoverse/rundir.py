@@ -6,7 +6,8 @@
     media-cache/         the media stage's cache (unless a shared cache root is given)
     ray/<stage>/         Ray Train's state of each stage: resumable checkpoints
     checkpoints/<stage>/ each finished stage in Hugging Face form, with lineage.json
-    metrics.json, loss.png, <stage>-predictions.parquet
+    eval/<stage>-<split>/ each stage's evaluation report (metrics, predictions, figures)
+    metrics.json, loss.png
 
 A stage is finished when `checkpoints/<stage>/lineage.json` exists: it is written last.
 """
@@ -50,8 +51,9 @@ class RunDir:
     def is_finished(self, stage: str) -> bool:
         return (self.checkpoint(stage) / LINEAGE).is_file()
 
-    def predictions(self, stage: str) -> Path:
-        return self.path / f"{stage}-predictions.parquet"
+    def evaluation(self, stage: str, split: str) -> Path:
+        """The report of a stage's evaluation (`emoverse.evaluation.report`)."""
+        return self.path / "eval" / f"{stage}-{split}"
 
     def start(self, recipe: Recipe) -> None:
         """Create the directory, or check that an existing run used the same recipe."""

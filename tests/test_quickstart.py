@@ -34,7 +34,10 @@ def test_run_directory_has_config_checkpoints_and_metrics(run: Path):
     assert stages == ["stage1-multitask-pretraining", "stage2-reason-finetuning"]
     for name in stages:
         assert set(metrics["stages"][name]["metrics"]) == {"msa", "mer", "fer", "eri", "ecpe"}
-        assert (run / f"{name}-predictions.parquet").is_file()
+        report = run / "eval" / f"{name}-test"
+        for part in ("predictions.parquet", "metrics.json", "metrics.png", "confusion_msa.png"):
+            assert (report / part).is_file(), part
+        assert metrics["stages"][name]["evaluation"] == str(report)
         assert (run / "ray" / f"{name}-mixture.json").is_file()
         lineage = metrics["stages"][name]["lineage"]
         assert lineage["step"] > 0 and lineage["losses"] and lineage["resumed_at_step"] is None
@@ -63,7 +66,7 @@ def test_every_evaluation_sample_is_scored_once(run: Path):
     from emoverse.emt.manifest import read_manifest
 
     manifest = read_manifest(run / "data" / "manifest.parquet").to_pandas()
-    preds = pd.read_parquet(run / "stage2-reason-finetuning-predictions.parquet")
+    preds = pd.read_parquet(run / "eval" / "stage2-reason-finetuning-test" / "predictions.parquet")
     expected = set(manifest[manifest.split == "test"].sample_id)
     assert sorted(preds.sample_id) == sorted(expected)
 

@@ -175,3 +175,58 @@ def test_unparsed_answers_never_match_a_class():
     msa = get_task("msa")
     s = msa.score(["positive"], [Answer(text="?", error="x")])
     assert s["accuracy"] == 0.0 and not math.isnan(s["weighted_f1"])
+
+
+def test_msa_acc2_under_both_conventions_hand_computed():
+    from emoverse.tasks.msa import Sentiment
+
+    msa = get_task("msa")
+    # scores -1.2, 0, 0, 2, -0.4 ; labels as built with the non-negative convention
+    golds = [Sentiment("negative", -1.2), Sentiment("positive", 0.0), Sentiment("positive", 0.0),
+             Sentiment("positive", 2.0), Sentiment("negative", -0.4)]
+    preds = answers(msa, ["Negative.", "Negative.", "Positive.", "Positive.", "Positive."])
+    s = msa.score(golds, preds)
+    # non-negative: gold n p p p n vs n n p p p -> 3/5; zeros excluded: -1.2, 2, -0.4 -> 2/3
+    assert s["acc2_non_negative"] == pytest.approx(3 / 5)
+    assert s["acc2_exclude_zero"] == pytest.approx(2 / 3)
+    assert "acc2_exclude_zero" not in msa.score(["negative"], answers(msa, ["Negative."]))
+    row = {"label_class": "Negative", "label_score": -2.5}
+    assert msa.gold(row) == "negative" and msa.gold(row).score == -2.5
+
+
+def ecf_rows():
+    from emoverse.emt.sources import ecf
+
+    from conftest import FORMATS
+
+    conv = ecf.convert(FORMATS / "ecf2_subtask2_test.sample.json", FORMATS, require_media=False)
+    return [r for r in conv.rows if r["task"] == "ecpe"]
+
+
+def test_ecpe_scores_the_ecf_sample_against_itself_perfectly():
+    ecpe = get_task("ecpe")
+    rows = ecf_rows()
+    golds = [ecpe.gold(r) for r in rows]
+    assert sum(len(g["pairs"]) for g in golds) == 18  # the sample's annotated pairs
+    s = ecpe.score(golds, [ecpe.parse(r["target"]) for r in rows])
+    assert s["precision"] == s["recall"] == s["f1"] == s["weighted_f1"] == 1.0
+
+
+def test_ecpe_scores_deliberately_wrong_pairs_hand_computed():
+    ecpe = get_task("ecpe")
+    rows = ecf_rows()
+    golds = [ecpe.gold(r) for r in rows]
+    texts = []
+    for row, gold in zip(rows, golds):
+        shift = 1 if "-1375-" in row["sample_id"] else 0  # every cause of 1375 one too late
+        texts.append("; ".join(f"{u}_{e},{c + shift}" for u, e, c in gold["pairs"]))
+    s = ecpe.score(golds, [ecpe.parse(t) for t in texts])
+    # 1375 holds 12 of the 18 pairs (disgust 1, fear 1, surprise 5, joy 5). Shifted, all are
+    # wrong but one: 15_surprise,13 becomes 15_surprise,14, which is itself annotated. The
+    # other 6 (surprise 3, joy 3) are right: 18 predicted, 7 correct, micro P = R = F1 = 7/18.
+    assert s["precision"] == s["recall"] == s["f1"] == pytest.approx(7 / 18)
+    # per emotion F1: surprise 4/8, joy 3/8, disgust 0, fear 0; weights 8/18, 8/18, 1/18, 1/18
+    assert s["f1_surprise"] == pytest.approx(4 / 8)
+    assert s["f1_joy"] == pytest.approx(3 / 8)
+    assert s["f1_disgust"] == s["f1_fear"] == 0.0
+    assert s["weighted_f1"] == pytest.approx(8 / 18 * 4 / 8 + 8 / 18 * 3 / 8)

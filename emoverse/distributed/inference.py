@@ -7,6 +7,7 @@ dataset; nothing is sharded or dropped).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
@@ -26,21 +27,25 @@ class GeneratorActor:
                 "prediction": np.array(texts, dtype=object)}
 
 
-def _in_split(batch: dict[str, np.ndarray], split: str) -> dict[str, np.ndarray]:
+def _in_split(batch: dict[str, np.ndarray], split: str,
+              tasks: list[str] | None) -> dict[str, np.ndarray]:
     keep = (batch["split"] == split) & batch["ok"].astype(bool)
+    if tasks is not None:
+        keep &= np.isin(batch["task"], tasks)
     return {k: v[keep] for k, v in batch.items()}
 
 
 def predict(cache_dir: str | Path, model_path: str | Path, split: str, max_new_tokens: int,
-            batch_size: int = 32, num_actors: int = 1):
+            batch_size: int = 32, num_actors: int = 1, tasks: Sequence[str] | None = None):
     """A DataFrame of (sample_id, task, prediction) for every usable clip of `split`."""
     import ray.data
 
     ds = ray.data.read_parquet(clip_files(cache_dir)).select_columns(COLUMNS)
-    ds = ds.map_batches(_in_split, fn_kwargs={"split": split}, batch_format="numpy")
+    ds = ds.map_batches(_in_split, batch_format="numpy",
+                        fn_kwargs={"split": split, "tasks": list(tasks) if tasks else None})
     ds = ds.map_batches(GeneratorActor, batch_size=batch_size, batch_format="numpy",
                         fn_constructor_kwargs={"model_path": str(model_path),
                                                "max_new_tokens": max_new_tokens},
-                        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=num_actors),
-                        num_cpus=1)
+                        compute=ray.data.ActorPoolStrategy(size=num_actors),
+                        num_cpus=0.5)  # single-threaded; leaves CPU for the read tasks
     return ds.to_pandas()

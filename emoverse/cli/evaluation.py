@@ -1,0 +1,132 @@
+"""`emoverse eval ...` and `emoverse eval compare A B`."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from emoverse.cli.arguments import positive_int
+
+
+def _run_of(path: Path):
+    """The run directory `path` is or lies in (a stage checkpoint of it), or None."""
+    from emoverse.rundir import RunDir
+
+    for candidate in (path, *path.resolve().parents[:2]):
+        if (candidate / "recipe.yaml").is_file():
+            return RunDir(candidate)
+    return None
+
+
+def _request(args):
+    from emoverse.evaluation.evaluator import EvalRequest
+    from emoverse.model.export import resolve_checkpoint
+    from emoverse.recipe import EvalConfig, MediaConfig, load_recipe
+
+    model = Path(args.model)
+    if not model.exists():
+        raise FileNotFoundError(f"--model {model} does not exist")
+    run = _run_of(model)
+    if run:  # a run, or one of its checkpoints: its manifest, media and cache by default
+        recipe = load_recipe(run.recipe_file)
+        model = resolve_checkpoint(model) if model.resolve() == run.path else model
+        manifest = Path(args.manifest) if args.manifest else run.manifest(recipe)
+        media, cache = recipe.media, run.media_cache
+        out = args.out or run.evaluation(model.name, args.split)
+    else:
+        if not args.manifest:
+            raise ValueError(f"{model} is not a run: give --manifest")
+        manifest = Path(args.manifest)
+        media = MediaConfig(num_frames=args.frames, size=args.size, detector=args.detector,
+                            yunet_model=args.yunet_model)
+        out = Path(args.out or f"evals/{model.name}-{time.strftime('%Y%m%d-%H%M%S')}")
+        cache = Path(out).parent / "media-cache"
+    config = EvalConfig(split=args.split, batch_size=args.batch_size,
+                        max_new_tokens=args.max_new_tokens)
+    return EvalRequest(model=model, manifest=manifest, out=Path(out), media=media,
+                       cache_root=Path(args.cache or cache), config=config,
+                       tasks=tuple(args.tasks) if args.tasks else None,
+                       num_actors=args.actors,
+                       previous=_report_dir(args.previous) if args.previous else None)
+
+
+def _report_dir(path: str) -> Path:
+    """An evaluation report directory, or a run's latest evaluation."""
+    from emoverse.evaluation.report import METRICS
+
+    p = Path(path)
+    if (p / METRICS).is_file() and "tasks" in json.loads((p / METRICS).read_text()):
+        return p
+    reports = sorted((p / "eval").glob(f"*/{METRICS}"), key=lambda f: f.stat().st_mtime)
+    if not reports:
+        raise FileNotFoundError(f"{p} holds no evaluation report ({METRICS})")
+    return reports[-1].parent
+
+
+def _eval(args) -> int:
+    if args.eval_command == "compare":
+        return _compare(args)
+    if not args.model:
+        raise ValueError("give --model DIR_OR_RUN (or use `emoverse eval compare A B`)")
+    from emoverse.evaluation.evaluator import evaluate
+    from emoverse.evaluation.scoring import table
+
+    req = _request(args)
+    metrics = evaluate(req)
+    print(table({req.model.name: metrics["tasks"], "majority baseline": metrics["baseline"]}))
+    unparsed = {t: n for t, n in metrics["unparsed_counts"].items() if n}
+    if unparsed:
+        print(f"unparseable answers: {unparsed}")
+    print(f"report: {req.out} (metrics.json, predictions.parquet, *.png)")
+    return 0
+
+
+def _compare(args) -> int:
+    from emoverse.evaluation.report import METRICS, compare_table
+
+    a, b = _report_dir(args.a), _report_dir(args.b)
+    ma, mb = (json.loads((d / METRICS).read_text()) for d in (a, b))
+    if ma["manifest_hash"] != mb["manifest_hash"] or ma["split"] != mb["split"]:
+        print(f"note: different data (manifest {ma['manifest_hash']} {ma['split']} vs "
+              f"{mb['manifest_hash']} {mb['split']})")
+    print(f"A = {a}\nB = {b}")
+    print(compare_table(ma, mb))
+    return 0
+
+
+def register(sub) -> None:
+    ev = sub.add_parser(
+        "eval", help="evaluate a model or run: metrics, predictions and figures",
+        description="Evaluate a run (its last finished stage), a stage checkpoint or a Hugging "
+                    "Face model directory on a manifest's split: the media stage (cached), "
+                    "greedy generation on a Ray Data actor pool (every sample exactly once), "
+                    "the benchmarks' metrics per task, majority baselines, and a report "
+                    "directory (metrics.json with model/manifest/recipe hashes, "
+                    "predictions.parquet, confusion matrices and metric bars as PNG). "
+                    "`emoverse eval compare A B` prints two reports side by side.")
+    ev.add_argument("--model", help="run directory, stage checkpoint or HF model directory")
+    ev.add_argument("--manifest", help="EMT manifest (default: the run's)")
+    ev.add_argument("--tasks", nargs="+", metavar="TASK", help="only these tasks")
+    ev.add_argument("--split", default="test", choices=["train", "valid", "test"])
+    ev.add_argument("--out", help="report directory (default: RUN/eval/<stage>-<split>)")
+    ev.add_argument("--batch-size", type=positive_int, default=32, help="rows per generate call")
+    ev.add_argument("--actors", type=positive_int, default=1, help="model actors (default 1)")
+    ev.add_argument("--max-new-tokens", type=positive_int,
+                    help="answer budget (default: longest target of the split + 4)")
+    ev.add_argument("--previous", help="an earlier report or run to draw in the bar chart")
+    ev.add_argument("--cache", help="media cache root (default: the run's, or beside --out)")
+    ev.add_argument("--frames", type=positive_int, default=8, help="frames per clip, no run")
+    ev.add_argument("--size", type=positive_int, default=224, help="crop side, no run")
+    ev.add_argument("--detector", choices=["yunet", "haar", "none"], default="haar")
+    ev.add_argument("--yunet-model", help="YuNet ONNX weights (detector yunet)")
+    ev.set_defaults(func=_eval)
+    actions = ev.add_subparsers(dest="eval_command", metavar="ACTION")
+    compare = actions.add_parser(
+        "compare", help="print two evaluations side by side",
+        description="Print every metric two evaluation reports share, side by side with the "
+                    "difference. A and B are report directories or run directories (their "
+                    "latest report).")
+    compare.add_argument("a", help="report or run directory A")
+    compare.add_argument("b", help="report or run directory B")
+    compare.set_defaults(func=_eval)

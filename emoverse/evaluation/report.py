@@ -1,0 +1,122 @@
+"""An evaluation's report: per-sample predictions, metrics.json and figures. No Ray.
+
+Figures are what a person looks at first: confusion matrices of the classification tasks
+(MSA, MER) and per-task bars of the primary metric against the majority baseline and,
+when given, a previous evaluation.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pandas as pd
+
+from emoverse.tasks import TASK_NAMES, get_task
+
+CONFUSION_TASKS = ("msa", "mer")
+METRICS = "metrics.json"
+PREDICTIONS = "predictions.parquet"
+
+
+def parsed_predictions(manifest: pd.DataFrame, predictions: pd.DataFrame) -> pd.DataFrame:
+    """Predictions with the gold answer text, the parsed value and the parse error per row."""
+    rows = manifest.set_index("sample_id")
+    out = predictions.sort_values("sample_id").reset_index(drop=True).copy()
+    parsed = [get_task(t).parse(p) for t, p in zip(out.task, out.prediction)]
+    out["target"] = [rows.loc[s, "target"] for s in out.sample_id]
+    out["parsed"] = [json.dumps(a.value, default=list) if a.ok else None for a in parsed]
+    out["parse_error"] = [a.error for a in parsed]
+    return out
+
+
+def write_report(out: str | Path, metrics: dict, predictions: pd.DataFrame,
+                 manifest: pd.DataFrame, previous: dict | None = None) -> Path:
+    """Write metrics.json, predictions.parquet and the PNGs into `out`, atomically."""
+    out = Path(out)
+    tmp = out.with_name(out.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    parsed_predictions(manifest, predictions).to_parquet(tmp / PREDICTIONS, index=False)
+    (tmp / METRICS).write_text(json.dumps(metrics, indent=2, sort_keys=True, default=float))
+    for task in CONFUSION_TASKS:
+        if task in metrics["tasks"]:
+            write_confusion(tmp / f"confusion_{task}.png", task, manifest, predictions)
+    write_bars(tmp / "metrics.png", metrics, previous)
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+    return out
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display on servers
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def write_confusion(path: Path, task_name: str, manifest: pd.DataFrame,
+                    predictions: pd.DataFrame) -> None:
+    from sklearn.metrics import ConfusionMatrixDisplay
+
+    plt = _pyplot()
+    task = get_task(task_name)
+    rows = manifest.set_index("sample_id")
+    preds = predictions[predictions.task == task_name]
+    golds = [str(task.gold(rows.loc[s])) for s in preds.sample_id]
+    answers = [task.parse(p) for p in preds.prediction]
+    guesses = [str(a.value) if a.ok else "(unparsed)" for a in answers]
+    labels = sorted(set(golds)) + sorted(set(guesses) - set(golds))
+    fig, ax = plt.subplots(figsize=(1.2 * len(labels) + 2, 1.0 * len(labels) + 2))
+    ConfusionMatrixDisplay.from_predictions(golds, guesses, labels=labels, ax=ax,
+                                            colorbar=False, xticks_rotation=45)
+    ax.set_title(f"{task_name.upper()}: gold (rows) vs answer (columns), n={len(golds)}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def write_bars(path: Path, metrics: dict, previous: dict | None = None) -> None:
+    """Grouped bars of each task's primary metric: this model, baseline, previous run."""
+    import numpy as np
+
+    plt = _pyplot()
+    tasks = [t for t in TASK_NAMES if t in metrics["tasks"]]
+    series = {"this model": metrics["tasks"]}
+    if previous:
+        series[f"previous ({previous.get('label', 'run')})"] = previous["tasks"]
+    series["majority baseline"] = metrics.get("baseline", {})
+    fig, ax = plt.subplots(figsize=(1.6 * len(tasks) + 2, 4))
+    width = 0.8 / len(series)
+    for i, (name, values) in enumerate(series.items()):
+        heights = [values.get(t, {}).get(metrics["tasks"][t]["primary"], np.nan) for t in tasks]
+        ax.bar(np.arange(len(tasks)) + i * width, heights, width, label=name)
+    ax.set_xticks(np.arange(len(tasks)) + width * (len(series) - 1) / 2,
+                  [f"{t.upper()}\n{metrics['tasks'][t]['primary']}" for t in tasks])
+    ax.set_ylim(0, 1)
+    ax.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=len(series), frameon=False)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def compare_table(a: dict, b: dict, names: tuple[str, str] = ("A", "B")) -> str:
+    """Every metric both evaluations have, side by side with the difference B - A."""
+    lines = [("task", "metric", names[0], names[1], "B - A")]
+    for task in TASK_NAMES:
+        ma, mb = a["tasks"].get(task), b["tasks"].get(task)
+        if not ma or not mb:
+            continue
+        keys = [ma["primary"]] + sorted(k for k in ma if k in mb and k not in
+                                        ("primary", ma["primary"], "n"))
+        for key in keys:
+            lines.append((task.upper(), key, f"{ma[key]:.3f}", f"{mb[key]:.3f}",
+                          f"{mb[key] - ma[key]:+.3f}"))
+    widths = [max(len(r[i]) for r in lines) for i in range(5)]
+    out = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in lines]
+    out.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(out)

@@ -14,7 +14,7 @@ from emoverse.distributed.media_stage import run_media_stage
 from emoverse.distributed.session import ensure_ray
 from emoverse.distributed.training import fit_stage
 from emoverse.emt.manifest import manifest_hash, read_manifest
-from emoverse.evaluation.evaluator import EvalRequest
+from emoverse.evaluation.evaluator import EvalRequest, answer_budget
 from emoverse.evaluation.evaluator import evaluate as evaluate_model
 from emoverse.evaluation.scoring import table
 from emoverse.model.checkpoint import read_lineage
@@ -61,9 +61,10 @@ def train_recipe(recipe: Recipe, run_dir: str | Path, stages: list[str] | None =
         else:
             say(f"training {stage.name} ({stage.trainable.mode}, {stage.strategy.kind}) on "
                 f"Ray Train, {recipe.scaling.num_workers} workers")
-            final = fit_stage(stage, cache, parent, run.ray_storage, recipe.scaling,
-                              {**lineage, "parent": str(parent)})
-            run.keep_stage(stage.name, final, str(parent))
+            final, reported = fit_stage(stage, cache, parent, run.ray_storage, recipe.scaling,
+                                        {**lineage, "parent": str(parent)},
+                                        validation=_validation(recipe, cache, manifest_path, base))
+            run.keep_stage(stage.name, final, str(parent), _validated(reported))
             write_loss_curves({s.name: read_lineage(run.checkpoint(s.name))
                                for s in recipe.stages if run.is_finished(s.name)},
                               run.path / "loss.png")
@@ -85,6 +86,23 @@ def train_recipe(recipe: Recipe, run_dir: str | Path, stages: list[str] | None =
         if stages and stage.name == stages[-1]:
             break
     return results
+
+
+def _validation(recipe: Recipe, cache: Path, manifest_path: Path, base: str) -> dict | None:
+    """What Ray Train's validation of each stage needs, when the recipe asks for it."""
+    split = recipe.eval.validate_split
+    if split is None:
+        return None
+    manifest = read_manifest(manifest_path).to_pandas()
+    budget = recipe.eval.max_new_tokens or answer_budget(manifest, base, split)
+    return {"cache_dir": str(cache), "manifest": str(manifest_path), "split": split,
+            "max_new_tokens": budget, "batch_size": recipe.eval.batch_size}
+
+
+def _validated(reported: dict) -> dict | None:
+    """The validation metrics Ray Train attached to a stage's final checkpoint."""
+    keys = [k for k in reported if "/" in k or k in ("objective", "validated")]
+    return {k: reported[k] for k in keys} or None
 
 
 def _previous_results(run: RunDir) -> dict:

@@ -138,6 +138,9 @@ class ScalingConfig(Strict):
 
 class EvalConfig(Strict):
     split: Literal["train", "valid", "test"] = "test"
+    # Validate each stage's final checkpoint inside Ray Train on this split, reporting the
+    # metrics and their `objective` to Ray (what sweeps optimise); None = no validation.
+    validate_split: Literal["train", "valid", "test"] | None = None
     batch_size: PositiveInt = 32
     max_new_tokens: PositiveInt | None = None  # None = longest target in the split + margin
 

@@ -95,7 +95,8 @@ class RunDir:
         return build_demo(self.path / "data", size=recipe.data.demo_size,
                           seed=recipe.data.demo_seed, progress=progress)
 
-    def keep_stage(self, stage: str, ray_checkpoint: Path, parent: str) -> Path:
+    def keep_stage(self, stage: str, ray_checkpoint: Path, parent: str,
+                   validation: dict | None = None) -> Path:
         """Copy a stage's final Ray checkpoint into `checkpoints/<stage>` in HF form.
 
         The lineage's parent is made relative when it is the previous stage of this run,
@@ -113,6 +114,8 @@ class RunDir:
         if parent_path and parent_path.is_relative_to(self.path):
             parent = os.path.relpath(parent_path, out)
         lineage["parent"] = parent
+        if validation:  # Ray Train's validation of the final checkpoint
+            lineage["validation"] = validation
         shutil.rmtree(out, ignore_errors=True)
         tmp.rename(out)
         (out / LINEAGE).write_text(json.dumps(lineage, indent=2, sort_keys=True))

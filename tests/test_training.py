@@ -59,7 +59,7 @@ def test_a_killed_worker_is_replaced_and_resumes_at_the_checkpointed_step(tiny_m
     result: dict = {}
 
     def fit():
-        result["checkpoint"] = fit_stage(stage, cache, tiny_model, tmp_path / "ray",
+        result["checkpoint"], _ = fit_stage(stage, cache, tiny_model, tmp_path / "ray",
                                          ScalingConfig(max_failures=2),
                                          {"parent": str(tiny_model)})
 
@@ -117,11 +117,34 @@ def test_a_stage_runs_with_the_deepspeed_zero2_strategy(tiny_model, demo_set, tm
     stage = StageConfig(**{**long_stage(), "epochs": 1, "epoch_size": 160, "log_every": 2,
                            "checkpoint_every": None, "grad_accum": 2,
                            "strategy": {"kind": "deepspeed", "zero_stage": 2}})
-    checkpoint = fit_stage(stage, cache, tiny_model, tmp_path / "ray", ScalingConfig(),
+    checkpoint, _ = fit_stage(stage, cache, tiny_model, tmp_path / "ray", ScalingConfig(),
                            {"parent": str(tiny_model)})
     lineage = read_lineage(checkpoint)
     assert lineage["step"] == 10  # 160 samples / (batch 8 x accumulation 2)
     assert lineage["losses"][-1] < lineage["losses"][0]
     assert (checkpoint / "engine").is_dir()  # DeepSpeed's own resumable state
     load_model(checkpoint)  # the Hugging Face weights load back
+    ray.shutdown()
+
+
+def test_a_stage_validates_its_final_checkpoint_and_reports_the_objective(tiny_model, demo_set,
+                                                                         tmp_path):
+    import ray
+
+    from emoverse.distributed.media_stage import run_media_stage
+    from emoverse.distributed.training import fit_stage
+    from emoverse.emt.manifest import read_manifest
+    from emoverse.recipe import MediaConfig, ScalingConfig, StageConfig
+
+    ray.init(num_cpus=2, include_dashboard=False, ignore_reinit_error=True)
+    cache = run_media_stage(demo_set, MediaConfig(**MEDIA), tmp_path / "cache")
+    stage = StageConfig(**{**long_stage(), "epochs": 1, "epoch_size": 32,
+                           "checkpoint_every": None})
+    validation = {"cache_dir": str(cache), "manifest": str(demo_set), "split": "valid",
+                  "max_new_tokens": 8, "batch_size": 16}
+    _, reported = fit_stage(stage, cache, tiny_model, tmp_path / "ray", ScalingConfig(),
+                            {"parent": str(tiny_model)}, validation=validation)
+    manifest = read_manifest(demo_set).to_pandas()
+    assert reported["validated"] == (manifest.split == "valid").sum()
+    assert 0.0 <= reported["objective"] <= 1.0 and "msa/accuracy" in reported
     ray.shutdown()

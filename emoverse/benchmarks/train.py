@@ -90,7 +90,7 @@ def run(samples: int = 4000, epochs: int = 6, batch_size: int = 16, stream: bool
     mode = "epoch kept in the object store" if kept else "streamed from the cache every epoch"
     print(f"(b) Ray Train, {recipe.scaling.num_workers} workers, Ray Data: {mode}", flush=True)
     start = time.perf_counter()
-    checkpoint = fit_stage(stage, cache, model_dir, work / "ray", ScalingConfig(),
+    checkpoint, _ = fit_stage(stage, cache, model_dir, work / "ray", ScalingConfig(),
                            {"parent": model_dir}, materialize=kept)
     wall = time.perf_counter() - start
     lineage = read_lineage(checkpoint)

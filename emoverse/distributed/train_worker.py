@@ -104,7 +104,8 @@ def worker_loop(config: dict) -> None:
             files = any(Path(tmp).rglob("*.*"))
             checkpoint = ray.train.Checkpoint.from_directory(tmp) if files else None
             ray.train.report({**progress(state, metrics), "final": final},
-                             checkpoint=checkpoint)
+                             checkpoint=checkpoint,
+                             validation=bool(final and config["validate"] and checkpoint))
 
     train_epochs(engine, epoch_batches, stage, total, state, on_log=on_log,
                  on_checkpoint=on_checkpoint)

@@ -72,17 +72,29 @@ def total_steps(stage: StageConfig, per_epoch: int) -> int:
     return min(per_epoch * stage.epochs, stage.max_steps or per_epoch * stage.epochs)
 
 
+def validate_checkpoint(checkpoint, **kwargs) -> dict:
+    """Ray Train validation task: `emoverse.evaluation.validation.validate` on a checkpoint."""
+    from emoverse.evaluation.validation import validate
+
+    with checkpoint.as_directory() as directory:
+        return validate(directory, **kwargs)
+
+
 def fit_stage(stage: StageConfig, cache_dir: str | Path, init_from: str | Path,
               storage: str | Path, scaling: ScalingConfig, lineage: dict,
-              materialize: bool | None = None) -> Path:
+              materialize: bool | None = None, validation: dict | None = None):
     """Train one stage from `init_from`; returns its final checkpoint directory.
 
     `storage` holds Ray Train's run state (`storage/<stage name>/`) and the stage's
     mixture report; running again with the same `storage` resumes an unfinished stage.
     `materialize`: keep the epoch's rows in the object store (default: when they fit).
+    `validation`: keyword arguments of `validate` (cache_dir, manifest, split,
+    max_new_tokens, batch_size) to validate the final checkpoint in Ray Train; its metrics
+    are reported with it. Returns (checkpoint directory, final reported metrics).
     """
     import ray.data
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig
+    from ray.train import (CheckpointConfig, FailureConfig, RunConfig, ValidationConfig,
+                           ValidationTaskConfig)
     from ray.train import ScalingConfig as RayScaling
     from ray.train.torch import TorchTrainer
 
@@ -116,10 +128,14 @@ def fit_stage(stage: StageConfig, cache_dir: str | Path, init_from: str | Path,
             "total_steps": total_steps(stage, per_epoch),
             "shuffle_buffer": SHUFFLE_BATCHES * stage.batch_size,
             "lineage": {**lineage, "stage": stage.name, "mixture_seen": seen},
+            "validate": validation is not None,
         },
         scaling_config=RayScaling(num_workers=scaling.num_workers, use_gpu=scaling.use_gpu,
                                   resources_per_worker={"CPU": scaling.cpus_per_worker}),
         datasets={"train": ds},
+        validation_config=ValidationConfig(
+            fn=validate_checkpoint, task_config=ValidationTaskConfig(fn_kwargs=validation),
+            ray_remote_kwargs={"num_cpus": 0.5}) if validation else None,
         run_config=RunConfig(name=stage.name, storage_path=str(storage),
                              checkpoint_config=CheckpointConfig(num_to_keep=2),
                              failure_config=FailureConfig(max_failures=scaling.max_failures)),
@@ -128,4 +144,4 @@ def fit_stage(stage: StageConfig, cache_dir: str | Path, init_from: str | Path,
     if result.checkpoint is None or not (Path(result.checkpoint.path) / "lineage.json").is_file():
         raise RuntimeError(f"stage {stage.name!r} finished without a final checkpoint "
                            f"(see {storage / stage.name})")
-    return Path(result.checkpoint.path)
+    return Path(result.checkpoint.path), dict(result.metrics or {})

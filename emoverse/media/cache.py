@@ -12,6 +12,7 @@ import csv
 import json
 from pathlib import Path
 
+
 import numpy as np
 
 CLIPS = "clips"
@@ -70,3 +71,25 @@ def read_clips(cache: str | Path, count: int, seed: int = 0) -> list[dict]:
     for row, flat in zip(rows, frames.to_pylist()):
         row["frames"] = np.asarray(flat, np.uint8).reshape(shape)
     return rows
+
+
+def read_split(cache: str | Path, split: str, columns: list[str]):
+    """The usable clips of `split`, in sample-id order, frames as (frames, size, size, 3)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    params = json.loads((Path(cache) / PARAMS).read_text())
+    shape = (params["num_frames"], params["size"], params["size"], 3)
+    table = pq.read_table(clip_files(cache), columns=[*columns, "split", "ok", "frames"])
+    table = table.filter(pc.and_(pc.equal(table["split"], split), table["ok"]))
+    table = table.sort_by("sample_id")
+    frames = table.column("frames").combine_chunks()
+    if isinstance(frames, pa.ExtensionArray):  # Ray's tensor type, when Ray is imported
+        frames = frames.storage
+    while pa.types.is_nested(frames.type):
+        frames = frames.flatten()
+    flat = frames.to_numpy(zero_copy_only=False)
+    out = table.drop_columns(["frames"]).to_pandas()
+    out["frames"] = list(np.asarray(flat, np.uint8).reshape(len(out), *shape))
+    return out

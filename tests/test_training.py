@@ -66,8 +66,12 @@ def test_a_killed_worker_is_replaced_and_resumes_at_the_checkpointed_step(tiny_m
     thread = threading.Thread(target=fit)
     thread.start()
     killed_after = wait_for_checkpoint(tmp_path / "ray", lambda: not thread.is_alive())
-    workers = [p for p in psutil.process_iter(["cmdline"])
-               if "RayTrainWorker" in " ".join(p.info["cmdline"] or [])]
+    session = ray._private.worker._global_node.get_session_dir_path()
+    raylet = next(p for p in psutil.process_iter(["cmdline"])
+                  if "raylet" in " ".join(p.info["cmdline"] or [])[:200]
+                  and session in " ".join(p.info["cmdline"] or []))
+    workers = [p for p in raylet.children(recursive=True)  # this test's Ray only
+               if "RayTrainWorker" in " ".join(p.cmdline())]
     assert workers, "no Ray Train worker process found"
     workers[-1].send_signal(signal.SIGKILL)
     thread.join(timeout=600)

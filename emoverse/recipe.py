@@ -219,6 +219,15 @@ def load_recipe(name_or_path: str | Path, overrides: list[str] | None = None) ->
     return Recipe.model_validate(data)
 
 
+def apply_overrides(recipe: Recipe, overrides: list[str]) -> Recipe:
+    """`recipe` with `key=value` overrides applied, validated again."""
+    data = json.loads(recipe.model_dump_json())
+    for item in overrides:
+        key, raw = item.split("=", 1)
+        _set_path(data, key.strip(), yaml.safe_load(raw))
+    return Recipe.model_validate(data)
+
+
 def dump_recipe(recipe: Recipe, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

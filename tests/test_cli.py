@@ -6,7 +6,7 @@ from emoverse.cli import build_parser, main
 
 COMMANDS = [[], ["quickstart"], ["model"], ["model", "init-tiny"], ["emt"], ["emt", "demo"],
             ["emt", "build"], ["emt", "stats"], ["media"], ["media", "run"], ["media", "inspect"],
-            ["bench"], ["bench", "media"], ["bench", "train"], ["train"], ["export"],
+            ["bench"], ["bench", "media"], ["bench", "train"], ["train"], ["export"], ["eval"], ["eval", "compare"], ["sweep"],
             ["recipes"]]
 
 

@@ -97,6 +97,7 @@ def fit_stage(stage: StageConfig, cache_dir: str | Path, init_from: str | Path,
                            ValidationTaskConfig)
     from ray.train import ScalingConfig as RayScaling
     from ray.train.torch import TorchTrainer
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
     if stage.batch_size % scaling.num_workers:
         raise ValueError(f"stage {stage.name!r}: batch_size {stage.batch_size} is not divisible "
@@ -135,7 +136,10 @@ def fit_stage(stage: StageConfig, cache_dir: str | Path, init_from: str | Path,
         datasets={"train": ds},
         validation_config=ValidationConfig(
             fn=validate_checkpoint, task_config=ValidationTaskConfig(fn_kwargs=validation),
-            ray_remote_kwargs={"num_cpus": 0.5}) if validation else None,
+            # outside any placement group of a caller (a Tune trial reserves almost nothing)
+            ray_remote_kwargs={"num_cpus": 0.5, "scheduling_strategy":
+                               PlacementGroupSchedulingStrategy(placement_group=None)},
+        ) if validation else None,
         run_config=RunConfig(name=stage.name, storage_path=str(storage),
                              checkpoint_config=CheckpointConfig(num_to_keep=2),
                              failure_config=FailureConfig(max_failures=scaling.max_failures)),

@@ -1,0 +1,112 @@
+"""`emoverse sweep RECIPE --space SPACE.yaml --trials N [--sweep-dir DIR]`
+
+Search a recipe's stage mixture weights (and optionally learning rates and LoRA ranks)
+on Ray Tune with ASHA early stopping, optimising the validation objective (the mean of
+the tasks' primary metrics). Every trial reuses the sweep's media cache and any stage it
+shares with an earlier trial. Writes `trials.csv`, `objective.png` and the best trial as
+a ready-to-run recipe, `best-recipe.yaml`. Re-running with the same directory resumes.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pandas as pd
+
+from emoverse.distributed.media_stage import run_media_stage
+from emoverse.distributed.session import ensure_ray
+from emoverse.distributed.tuning import tune_sweep
+from emoverse.emt.manifest import manifest_hash, read_manifest
+from emoverse.evaluation.evaluator import answer_budget
+from emoverse.pipeline import say
+from emoverse.recipe import Recipe, apply_overrides, dump_recipe
+from emoverse.rundir import RunDir
+from emoverse.sweep import SweepSpace, trial_overrides
+
+BEST = "best-recipe.yaml"
+
+
+def concurrent_trials(recipe: Recipe) -> int:
+    """As many trials as the cluster's CPUs hold Train workers plus one CPU for data."""
+    import ray
+
+    cpus = ray.cluster_resources().get("CPU", 1)
+    per_trial = recipe.scaling.num_workers * recipe.scaling.cpus_per_worker + 1
+    return max(1, math.floor(cpus / per_trial))
+
+
+def run_sweep(recipe: Recipe, space: SweepSpace, trials: int, sweep_dir: str | Path) -> dict:
+    space.check(recipe)
+    recipe = apply_overrides(recipe, ["eval.validate_split=valid"])
+    sweep = RunDir(sweep_dir)
+    sweep.start(recipe)  # a different recipe in the same directory is refused
+    base = sweep.base_model(recipe)
+    manifest = sweep.manifest(recipe)
+    frame = read_manifest(manifest).to_pandas()
+    if not (frame.split == "valid").any():
+        raise ValueError(f"manifest {manifest} has no 'valid' split to optimise on")
+    ensure_ray()
+    cache = run_media_stage(manifest, recipe.media, sweep.media_cache)
+    fixed = {
+        "recipe": recipe.model_dump(mode="json"), "space": space.model_dump(mode="json"),
+        "sweep_dir": str(sweep.path), "base_model": base, "cache": str(cache),
+        "manifest_hash": manifest_hash(manifest),
+        "data_key": f"{base}|{manifest_hash(manifest)}|{recipe.media.model_dump_json()}",
+        "validation": {"cache_dir": str(cache), "manifest": str(manifest), "split": "valid",
+                       "max_new_tokens": recipe.eval.max_new_tokens
+                       or answer_budget(frame, base, "valid"),
+                       "batch_size": recipe.eval.batch_size},
+    }
+    concurrent = concurrent_trials(recipe)
+    say(f"sweep: {trials} trials, {concurrent} at a time, ASHA over "
+        f"{len(recipe.stages)} stages, under {sweep.path}")
+    results = tune_sweep(recipe, space, trials, sweep.path, fixed, concurrent)
+    table = trial_table(results)
+    table.to_csv(sweep.path / "trials.csv", index=False)
+    plot_objective(table, sweep.path / "objective.png")
+    best = table[table.stages == len(recipe.stages)].sort_values("objective").iloc[-1]
+    params = {k: best[k] for k in table.columns if "/" in k and not k.startswith("valid")}
+    winner = apply_overrides(recipe, trial_overrides(recipe, space, params))
+    dump_recipe(winner.model_copy(update={"name": f"{recipe.name}-best"}), sweep.path / BEST)
+    return {"table": table, "best": best.to_dict(), "recipe": sweep.path / BEST}
+
+
+def trial_table(results) -> pd.DataFrame:
+    """One row per trial: its sampled parameters, last objective, stages done, status."""
+    rows = []
+    for result in results:
+        config = {k: v for k, v in result.config.items() if k != "fixed"}
+        metrics = result.metrics or {}
+        rows.append({"trial": metrics.get("trial_id", Path(result.path).name), **config,
+                     "objective": metrics.get("objective", float("nan")),
+                     "stages": metrics.get("stage", 0),
+                     "status": "error" if result.error else
+                     ("stopped early" if metrics.get("stage", 0) < _max_stage(results)
+                      else "finished")})
+    return pd.DataFrame(rows).sort_values("objective", ascending=False)
+
+
+def _max_stage(results) -> int:
+    return max((r.metrics or {}).get("stage", 0) for r in results)
+
+
+def plot_objective(table: pd.DataFrame, out: Path) -> None:
+    """Objective against each searched parameter, finished and stopped trials apart."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    params = [c for c in table.columns if "/" in c]
+    fig, axes = plt.subplots(1, len(params), figsize=(3.2 * len(params), 3), squeeze=False)
+    for ax, param in zip(axes[0], params):
+        for status, marker in (("finished", "o"), ("stopped early", "x")):
+            part = table[table.status == status]
+            ax.scatter(part[param], part.objective, marker=marker, label=status)
+        ax.set_xlabel(param.split("/", 1)[1] + f"\n({param.split('/', 1)[0]})", fontsize=8)
+        ax.set_ylabel("validation objective")
+    axes[0][0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)

@@ -17,6 +17,7 @@ from emoverse.emt.manifest import manifest_hash, read_manifest
 from emoverse.evaluation.evaluator import EvalRequest, answer_budget
 from emoverse.evaluation.evaluator import evaluate as evaluate_model
 from emoverse.evaluation.scoring import table
+from emoverse.evaluation.validation import validated_metrics
 from emoverse.model.checkpoint import read_lineage
 from emoverse.recipe import Recipe
 from emoverse.rundir import RunDir
@@ -64,28 +65,33 @@ def train_recipe(recipe: Recipe, run_dir: str | Path, stages: list[str] | None =
             final, reported = fit_stage(stage, cache, parent, run.ray_storage, recipe.scaling,
                                         {**lineage, "parent": str(parent)},
                                         validation=_validation(recipe, cache, manifest_path, base))
-            run.keep_stage(stage.name, final, str(parent), _validated(reported))
+            run.keep_stage(stage.name, final, str(parent), validated_metrics(reported) or None)
             write_loss_curves({s.name: read_lineage(run.checkpoint(s.name))
                                for s in recipe.stages if run.is_finished(s.name)},
                               run.path / "loss.png")
         if evaluate and stage.name not in results["stages"]:
             say(f"evaluating {stage.name} on the {recipe.eval.split} split")
-            out = run.evaluation(stage.name, recipe.eval.split)
-            metrics = evaluate_model(EvalRequest(
-                model=checkpoint, manifest=manifest_path, out=out, media=recipe.media,
-                cache_root=Path(cache_root or run.media_cache), config=recipe.eval,
-                previous=previous_eval))
-            results["stages"][stage.name] = {"checkpoint": str(checkpoint), "evaluation": str(out),
-                                             "lineage": read_lineage(checkpoint),
-                                             "metrics": metrics["tasks"]}
-            results["baseline"] = metrics["baseline"]
-            run.metrics_file.write_text(json.dumps(results, indent=2, default=float))
+            request = EvalRequest(
+                model=checkpoint, manifest=manifest_path, media=recipe.media,
+                out=run.evaluation(stage.name, recipe.eval.split), config=recipe.eval,
+                cache_root=Path(cache_root or run.media_cache), previous=previous_eval)
+            _record_evaluation(run, results, stage.name, request)
         if evaluate:
             previous_eval = run.evaluation(stage.name, recipe.eval.split)
         parent = checkpoint
         if stages and stage.name == stages[-1]:
             break
     return results
+
+
+def _record_evaluation(run: RunDir, results: dict, stage: str, request: EvalRequest) -> None:
+    """Evaluate a stage's checkpoint and add it to the run's metrics.json."""
+    metrics = evaluate_model(request)
+    results["stages"][stage] = {"checkpoint": str(request.model), "evaluation": str(request.out),
+                                "lineage": read_lineage(request.model),
+                                "metrics": metrics["tasks"]}
+    results["baseline"] = metrics["baseline"]
+    run.metrics_file.write_text(json.dumps(results, indent=2, default=float))
 
 
 def _validation(recipe: Recipe, cache: Path, manifest_path: Path, base: str) -> dict | None:
@@ -97,12 +103,6 @@ def _validation(recipe: Recipe, cache: Path, manifest_path: Path, base: str) -> 
     budget = recipe.eval.max_new_tokens or answer_budget(manifest, base, split)
     return {"cache_dir": str(cache), "manifest": str(manifest_path), "split": split,
             "max_new_tokens": budget, "batch_size": recipe.eval.batch_size}
-
-
-def _validated(reported: dict) -> dict | None:
-    """The validation metrics Ray Train attached to a stage's final checkpoint."""
-    keys = [k for k in reported if "/" in k or k in ("objective", "validated")]
-    return {k: reported[k] for k in keys} or None
 
 
 def _previous_results(run: RunDir) -> dict:

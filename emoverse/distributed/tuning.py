@@ -44,6 +44,7 @@ def run_trial(config: dict) -> None:
     from ray import tune
 
     from emoverse.distributed.training import fit_stage
+    from emoverse.evaluation.validation import validated_metrics
     from emoverse.model.checkpoint import read_lineage
     from emoverse.rundir import RunDir
 
@@ -61,7 +62,7 @@ def run_trial(config: dict) -> None:
                 stage, fixed["cache"], parent, store / key / "ray", recipe.scaling,
                 {"recipe": recipe.digest(), "manifest": fixed["manifest_hash"],
                  "parent": str(parent)}, validation=fixed["validation"])
-            prefix.keep_stage(stage.name, final, str(parent), _validated(reported))
+            prefix.keep_stage(stage.name, final, str(parent), validated_metrics(reported))
         checkpoint = prefix.checkpoint(stage.name)
         validation = read_lineage(checkpoint).get("validation") or {}
         if "objective" not in validation:
@@ -71,10 +72,6 @@ def run_trial(config: dict) -> None:
                      "stage_name": stage.name, "checkpoint": str(checkpoint),
                      **{k: v for k, v in validation.items() if "/" in k}})
         parent, parent_key = str(checkpoint), key
-
-
-def _validated(reported: dict) -> dict:
-    return {k: v for k, v in reported.items() if "/" in k or k in ("objective", "validated")}
 
 
 def tune_sweep(recipe: Recipe, space: SweepSpace, trials: int, sweep_dir: Path, fixed: dict,

@@ -29,6 +29,11 @@ def flat_metrics(tasks: dict[str, dict]) -> dict[str, float]:
             if k != "primary"}
 
 
+def validated_metrics(reported: dict) -> dict:
+    """The validation part of what a stage reported to Ray (per-task keys and objective)."""
+    return {k: v for k, v in reported.items() if "/" in k or k in ("objective", "validated")}
+
+
 def validate(model_dir: str | Path, cache_dir: str | Path, manifest: str | Path, split: str,
              max_new_tokens: int, batch_size: int = 32, torch_threads: int = 1) -> dict:
     """Answer every usable clip of `split` and score it; returns flat metrics + objective."""

@@ -202,6 +202,15 @@ def _set_path(data: dict, dotted: str, value: Any) -> None:
         node[last] = value
 
 
+def _apply(data: dict, overrides: list[str]) -> None:
+    """Apply `key=value` overrides (values parsed as YAML) to recipe data in place."""
+    for item in overrides:
+        if "=" not in item:
+            raise ValueError(f"override {item!r} is not of the form key=value")
+        key, raw = item.split("=", 1)
+        _set_path(data, key.strip(), yaml.safe_load(raw))
+
+
 def load_recipe(name_or_path: str | Path, overrides: list[str] | None = None) -> Recipe:
     """Load a shipped recipe by name or a YAML file, applying `key=value` overrides."""
     path = Path(name_or_path)
@@ -211,20 +220,14 @@ def load_recipe(name_or_path: str | Path, overrides: list[str] | None = None) ->
         raise FileNotFoundError(f"no recipe file {name_or_path!r} and no shipped recipe by that "
                                 f"name (shipped: {', '.join(shipped_recipes())})")
     data = yaml.safe_load(path.read_text())
-    for item in overrides or []:
-        if "=" not in item:
-            raise ValueError(f"override {item!r} is not of the form key=value")
-        key, raw = item.split("=", 1)
-        _set_path(data, key.strip(), yaml.safe_load(raw))
+    _apply(data, overrides or [])
     return Recipe.model_validate(data)
 
 
 def apply_overrides(recipe: Recipe, overrides: list[str]) -> Recipe:
     """`recipe` with `key=value` overrides applied, validated again."""
     data = json.loads(recipe.model_dump_json())
-    for item in overrides:
-        key, raw = item.split("=", 1)
-        _set_path(data, key.strip(), yaml.safe_load(raw))
+    _apply(data, overrides)
     return Recipe.model_validate(data)
 
 

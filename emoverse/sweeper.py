@@ -16,13 +16,13 @@ import pandas as pd
 
 from emoverse.distributed.media_stage import run_media_stage
 from emoverse.distributed.session import ensure_ray
-from emoverse.distributed.tuning import tune_sweep
+from emoverse.distributed.tuning import trial_params, tune_sweep
 from emoverse.emt.manifest import manifest_hash, read_manifest
 from emoverse.evaluation.evaluator import answer_budget
 from emoverse.pipeline import say
 from emoverse.recipe import Recipe, apply_overrides, dump_recipe
 from emoverse.rundir import RunDir
-from emoverse.sweep import SweepSpace, trial_overrides
+from emoverse.sweep import SweepSpace, point_params, recipe_point, trial_overrides
 
 BEST = "best-recipe.yaml"
 
@@ -36,7 +36,10 @@ def concurrent_trials(recipe: Recipe) -> int:
     return max(1, math.floor(cpus / per_trial))
 
 
-def run_sweep(recipe: Recipe, space: SweepSpace, trials: int, sweep_dir: str | Path) -> dict:
+def run_sweep(recipe: Recipe, space: SweepSpace, trials: int, sweep_dir: str | Path,
+              search: str = "optuna", seed: int = 0, baseline: bool = True,
+              early_stopping: bool = True) -> dict:
+    """Run (or resume) a sweep; `baseline` evaluates the recipe's own values first."""
     space.check(recipe)
     recipe = apply_overrides(recipe, ["eval.validate_split=valid"])
     sweep = RunDir(sweep_dir)
@@ -59,9 +62,10 @@ def run_sweep(recipe: Recipe, space: SweepSpace, trials: int, sweep_dir: str | P
                        "batch_size": recipe.eval.batch_size},
     }
     concurrent = concurrent_trials(recipe)
-    say(f"sweep: {trials} trials, {concurrent} at a time, ASHA over "
-        f"{len(recipe.stages)} stages, under {sweep.path}")
-    results = tune_sweep(recipe, space, trials, sweep.path, fixed, concurrent)
+    say(f"sweep: {trials} trials ({search} search, seed {seed}), {concurrent} at a time, "
+        f"ASHA over {len(recipe.stages)} stages, under {sweep.path}")
+    results = tune_sweep(recipe, space, trials, sweep.path, fixed, concurrent, search,
+                         start_points(recipe, space, baseline), seed, early_stopping)
     table = trial_table(results)
     table.to_csv(sweep.path / "trials.csv", index=False)
     plot_objective(table, sweep.path / "objective.png")
@@ -72,11 +76,19 @@ def run_sweep(recipe: Recipe, space: SweepSpace, trials: int, sweep_dir: str | P
     return {"table": table, "best": best.to_dict(), "recipe": sweep.path / BEST}
 
 
+def start_points(recipe: Recipe, space: SweepSpace, baseline: bool) -> list[dict]:
+    """Tune parameters evaluated before the search: the recipe's values, the space's points."""
+    own = recipe_point(recipe, space) if baseline else None
+    if baseline and own is None:
+        say("sweep: the recipe's own values lie outside the space; not evaluated first")
+    return [point_params(p) for p in ([own] if own else []) + space.points]
+
+
 def trial_table(results) -> pd.DataFrame:
     """One row per trial: its sampled parameters, last objective, stages done, status."""
     rows = []
     for result in results:
-        config = {k: v for k, v in result.config.items() if k != "fixed"}
+        config = trial_params(result.config)
         metrics = result.metrics or {}
         rows.append({"trial": metrics.get("trial_id", Path(result.path).name), **config,
                      "objective": metrics.get("objective", float("nan")),

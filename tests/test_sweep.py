@@ -1,10 +1,19 @@
-"""Sweeps: the space and its trial overrides without Ray; a 4-trial ASHA sweep end to end."""
+"""Sweeps: the space, its points and trial overrides without Ray; an interrupted 4-trial
+ASHA sweep resumed and run end to end."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 import yaml
 
 from emoverse.recipe import apply_overrides, load_recipe
-from emoverse.sweep import SweepSpace, trial_overrides
+from emoverse.sweep import (SweepSpace, load_space, point_params, recipe_point, shipped_spaces,
+                            trial_overrides)
 
 S1, S2 = "stage1-multitask-pretraining", "stage2-reason-finetuning"
 
@@ -34,33 +43,89 @@ def test_a_space_naming_unknown_entries_is_refused():
         SweepSpace(stages={S1: {"weights": {"msa": (1.0, 0.1)}}})
 
 
+def test_points_must_be_complete_and_inside_the_space():
+    stages = {S2: {"weights": {"eri": (0.1, 1), "ecpe": (0.1, 1)}, "lora_r": [8, 32]}}
+    good = {S2: {"weights": {"eri": 0.5, "ecpe": 0.1}, "lora_r": 8}}
+    assert point_params(SweepSpace(stages=stages, points=[good]).points[0]) == {
+        f"{S2}/eri": 0.5, f"{S2}/ecpe": 0.1, f"{S2}/lora_r": 8}
+    for bad, message in [({S2: {"weights": {"eri": 0.5}, "lora_r": 8}}, "exactly the searched"),
+                         ({S2: {"weights": {"eri": 2.0, "ecpe": 0.1}, "lora_r": 8}}, "outside"),
+                         ({S2: {"weights": {"eri": 0.5, "ecpe": 0.1}, "lora_r": 16}}, "lora_r"),
+                         ({S1: good[S2]}, "names stages")]:
+        with pytest.raises(ValueError, match=message):
+            SweepSpace(stages=stages, points=[bad])
+
+
+def test_the_recipes_own_values_are_scaled_into_the_space_as_the_first_point():
+    recipe = load_recipe("m2se-tiny")  # stage 2: eri 1.0, ecpe 1.5
+    space = SweepSpace(stages={S2: {"weights": {"eri": (0.1, 1), "ecpe": (0.1, 1)}}})
+    point = recipe_point(recipe, space)[S2]
+    assert point.weights["ecpe"] / point.weights["eri"] == pytest.approx(1.5)
+    trial = apply_overrides(recipe, trial_overrides(recipe, space, point_params({S2: point})))
+    assert [e.weight for e in trial.stage(S2).mixture] == pytest.approx(
+        [e.weight for e in recipe.stage(S2).mixture])  # the recipe as written
+    narrow = SweepSpace(stages={S2: {"weights": {"eri": (0.1, 0.2), "ecpe": (0.5, 1)}}})
+    assert recipe_point(recipe, narrow) is None  # ratio 1.5 cannot be reached
+
+
+def stage_one_lineages(sweep: Path) -> dict[Path, float]:
+    return {p: p.stat().st_mtime for p in sweep.glob(f"stages/*/checkpoints/{S1}/lineage.json")}
+
+
 @pytest.mark.integration
-def test_a_four_trial_sweep_stops_early_and_exports_a_recipe_that_trains(tmp_path, capsys):
+def test_an_interrupted_four_trial_sweep_resumes_stops_early_and_exports_a_recipe_that_trains(
+        tmp_path):
     import ray
 
     from emoverse.cli import main
     from emoverse.pipeline import train_recipe
 
     space = tmp_path / "space.yaml"
-    space.write_text(yaml.safe_dump({"stages": {
-        S1: {"weights": {"msa": [0.05, 1.0], "fer": [0.05, 1.0], "mer": [0.05, 1.0]}},
-        S2: {"weights": {"eri": [0.1, 1.0], "ecpe": [0.1, 1.0]}}}}))
+    # Trial 1 is the recipe as written, trial 2 this point, which barely trains MSA and
+    # FER: its stage-1 objective is far below trial 1's, so ASHA stops it at stage 1.
+    space.write_text(yaml.safe_dump({
+        "stages": {S1: {"weights": {"msa": [0.01, 1.0], "fer": [0.01, 1.0], "mer": [0.01, 1.0]}},
+                   S2: {"weights": {"eri": [0.1, 1.0], "ecpe": [0.1, 1.0]}}},
+        "points": [{S1: {"weights": {"msa": 0.01, "fer": 0.01, "mer": 1.0}},
+                    S2: {"weights": {"eri": 0.5, "ecpe": 0.5}}}]}))
     short = ["data.demo_size=160", "eval.batch_size=64", "stages.0.epochs=2",
              "stages.0.epoch_size=1600", "stages.0.log_every=50", "stages.1.epochs=1",
              "stages.1.epoch_size=160", "stages.1.log_every=5"]
+    sweep = tmp_path / "sweep"
+    args = ["sweep", "m2se-tiny", *short, "--space", str(space), "--trials", "4",
+            "--sweep-dir", str(sweep)]
+
+    # Interrupt the sweep (driver and its Ray) once trial 1 has finished stage 1.
+    first = subprocess.Popen([sys.executable, "-m", "emoverse", *args],
+                             env={**os.environ, "RAY_ADDRESS": ""}, start_new_session=True,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 600
+        while not stage_one_lineages(sweep) and first.poll() is None and time.time() < deadline:
+            time.sleep(0.5)
+    finally:
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait()
+    kept = stage_one_lineages(sweep)
+    assert len(kept) == 1, "the sweep was not interrupted after trial 1's stage 1"
+    assert not (sweep / "trials.csv").exists()
+
     ray.init(num_cpus=2, include_dashboard=False, ignore_reinit_error=True)
     try:
-        assert main(["sweep", "m2se-tiny", *short, "--space", str(space), "--trials", "4",
-                     "--sweep-dir", str(tmp_path / "sweep")]) == 0
+        assert main(args) == 0
     finally:
         ray.shutdown()
     import pandas as pd
 
-    trials = pd.read_csv(tmp_path / "sweep" / "trials.csv")
+    trials = pd.read_csv(sweep / "trials.csv")
     assert len(trials) == 4 and set(trials.status) <= {"finished", "stopped early"}
-    assert (trials.stages < 2).any(), "ASHA stopped no trial after stage 1"
-    assert (tmp_path / "sweep" / "objective.png").stat().st_size > 1000
-    best = load_recipe(tmp_path / "sweep" / "best-recipe.yaml")
+    point = trials[trials[f"{S1}/msa"] == 0.01]
+    assert len(point) == 1 and point.stages.item() == 1, "ASHA did not stop the weak trial"
+    assert (trials.stages == 2).any()
+    # Trial 1's stage 1 was reused after the interruption, not trained again.
+    assert {p: t for p, t in stage_one_lineages(sweep).items() if p in kept} == kept
+    assert (sweep / "objective.png").stat().st_size > 1000
+    best = load_recipe(sweep / "best-recipe.yaml")
     assert best.eval.validate_split == "valid"
     quick = apply_overrides(best, ["stages.0.epochs=1", "stages.0.epoch_size=32",
                                    "stages.1.epoch_size=32"])
@@ -69,3 +134,19 @@ def test_a_four_trial_sweep_stops_early_and_exports_a_recipe_that_trains(tmp_pat
     finally:
         ray.shutdown()
     assert (tmp_path / "best-run" / "checkpoints" / S2 / "lineage.json").is_file()
+
+
+@pytest.mark.parametrize("name", shipped_spaces())
+def test_every_shipped_space_loads_and_fits_its_recipe(name):
+    space = load_space(name)
+    space.check(load_recipe(name.split("-mixture")[0]))
+    assert recipe_point(load_recipe(name.split("-mixture")[0]), space) is not None
+
+
+def test_a_malformed_space_file_is_named_in_the_error(tmp_path):
+    bad = tmp_path / "space.yaml"
+    bad.write_text("stages:\n  s1: {weights: {msa: [1.0]}}\n")
+    with pytest.raises(ValueError, match="space.yaml"):
+        load_space(bad)
+    with pytest.raises(FileNotFoundError, match="shipped"):
+        load_space("no-such-space")

@@ -20,6 +20,13 @@ def _bench_train(args) -> int:
     return 0
 
 
+def _bench_sweep(args) -> int:
+    from emoverse.benchmarks.sweep import report, run
+
+    print(report(run(args.levels, args.asha_trials, args.workdir)))
+    return 0
+
+
 def register(sub) -> None:
     bench = sub.add_parser(
         "bench", help="benchmarks that print side-by-side ratios",
@@ -63,3 +70,16 @@ def register(sub) -> None:
                     help="global batch size (default 16)")
     bt.add_argument("--workdir", help="where to write model, clips and runs (default: temp)")
     bt.set_defaults(func=_bench_train)
+
+    bs = bench_sub.add_parser(
+        "sweep", help="a full grid vs ASHA over the same mixture space: compute and best",
+        description="Search the tiny recipe's stage-1 MSA and FER weights (a) on a full "
+                    "L x L grid without early stopping and (b) with ASHA and Optuna over the "
+                    "same ranges. Prints trial-iterations, stages trained, wall time and the "
+                    "best validation objective of each, and the ratios.")
+    bs.add_argument("--levels", type=positive_int, default=3,
+                    help="grid points per searched weight (default 3: a 3x3 grid)")
+    bs.add_argument("--asha-trials", type=positive_int,
+                    help="ASHA's trials (default: two thirds of the grid's points)")
+    bs.add_argument("--workdir", help="where to write the sweeps (default: a temp dir)")
+    bs.set_defaults(func=_bench_sweep)

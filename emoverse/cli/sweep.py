@@ -16,7 +16,8 @@ def _sweep(args) -> int:
     space = load_space(args.space)
     space.check(recipe)  # unknown stages or entries fail before any work
     out = run_sweep(recipe, space, args.trials,
-                    args.sweep_dir or f"sweeps/{recipe.name}-{time.strftime('%Y%m%d-%H%M%S')}")
+                    args.sweep_dir or f"sweeps/{recipe.name}-{time.strftime('%Y%m%d-%H%M%S')}",
+                    search=args.search, seed=args.seed, baseline=not args.no_baseline)
     columns = [c for c in out["table"].columns if c != "trial"]
     print(out["table"][columns].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     print(f"best trial's recipe: {out['recipe']} (emoverse train {out['recipe']})")
@@ -34,7 +35,14 @@ def register(sub) -> None:
                     "--sweep-dir resumes.")
     sw.add_argument("recipe", help="shipped recipe name or recipe YAML file")
     sw.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="recipe overrides")
-    sw.add_argument("--space", required=True, help="search space YAML (see emoverse/sweep.py)")
+    sw.add_argument("--space", required=True,
+                    help="search space YAML, or a shipped space by name (e.g. m2se-tiny-mixture; "
+                         "see emoverse/sweep.py)")
     sw.add_argument("--trials", type=positive_int, default=8, help="trials (default 8)")
     sw.add_argument("--sweep-dir", help="sweep directory (default: sweeps/<recipe>-<time>)")
+    sw.add_argument("--search", choices=["optuna", "random"], default="optuna",
+                    help="search algorithm: Optuna's TPE (default) or random sampling")
+    sw.add_argument("--seed", type=int, default=0, help="search seed (default 0)")
+    sw.add_argument("--no-baseline", action="store_true",
+                    help="do not evaluate the recipe's own values as the first trial")
     sw.set_defaults(func=_sweep)

@@ -5,8 +5,13 @@ stages in order with `fit_stage`, whose final checkpoint Ray Train validates; af
 stage the trial reports the validation `objective` to Tune, so ASHA can stop a trial
 after stage 1. A stage whose configuration and parent are the same as an earlier
 trial's (a shared prefix) is reused from the sweep's stage store instead of retrained.
-TuneReportCallback is not used: it forwards the workers' per-step training metrics, and
-the objective comes from validation after the stage.
+TuneReportCallback is not used: it forwards every per-step progress report of the
+workers as a Tune result (without the objective, which Tune then refuses), while the
+objective comes from the validation of the stage's final checkpoint.
+
+The search is Optuna's TPE (`search="optuna"`) or Tune's random generator; both evaluate
+the given points first (the recipe's own values, then the space's `points`) and are
+seeded, so a sweep's sequence of trials is reproducible.
 """
 
 from __future__ import annotations
@@ -17,6 +22,11 @@ from pathlib import Path
 
 from emoverse.recipe import Recipe, apply_overrides
 from emoverse.sweep import SweepSpace, param_name, trial_overrides
+
+
+def tune_key(param: str) -> str:
+    """A parameter's name in Tune: `/` is Tune's (and Optuna's) nesting separator."""
+    return param.replace("/", ":")
 
 
 def search_space(space: SweepSpace) -> dict:
@@ -31,7 +41,7 @@ def search_space(space: SweepSpace) -> dict:
             params[param_name(stage, "lr")] = tune.loguniform(*s.lr)
         if s.lora_r:
             params[param_name(stage, "lora_r")] = tune.choice(s.lora_r)
-    return params
+    return {tune_key(k): v for k, v in params.items()}
 
 
 def prefix_key(parent_key: str, stage_json: str) -> str:
@@ -51,7 +61,7 @@ def run_trial(config: dict) -> None:
     fixed = config["fixed"]
     base = Recipe.model_validate(fixed["recipe"])
     space = SweepSpace.model_validate(fixed["space"])
-    recipe = apply_overrides(base, trial_overrides(base, space, config))
+    recipe = apply_overrides(base, trial_overrides(base, space, trial_params(config)))
     store = Path(fixed["sweep_dir"]) / "stages"
     parent, parent_key = fixed["base_model"], fixed["data_key"]
     for index, stage in enumerate(recipe.stages, start=1):
@@ -74,8 +84,27 @@ def run_trial(config: dict) -> None:
         parent, parent_key = str(checkpoint), key
 
 
+def trial_params(config: dict) -> dict:
+    """A trial's sampled parameters under their `{stage}/{key}` names."""
+    return {k.replace(":", "/"): v for k, v in config.items() if k != "fixed"}
+
+
+def searcher(search: str, points: list[dict], seed: int):
+    """The search algorithm: Optuna's TPE or random, the given points first."""
+    if search == "optuna":
+        from ray.tune.search.optuna import OptunaSearch
+
+        return OptunaSearch(points_to_evaluate=_tune_points(points), seed=seed)
+    if search == "random":
+        from ray.tune.search import BasicVariantGenerator
+
+        return BasicVariantGenerator(points_to_evaluate=_tune_points(points), random_state=seed)
+    raise ValueError(f"unknown search {search!r} (optuna or random)")
+
+
 def tune_sweep(recipe: Recipe, space: SweepSpace, trials: int, sweep_dir: Path, fixed: dict,
-               concurrent: int):
+               concurrent: int, search: str = "optuna", points: list[dict] | None = None,
+               seed: int = 0, early_stopping: bool = True):
     """Run (or resume) the sweep's trials on Ray Tune with ASHA; returns the ResultGrid."""
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
@@ -83,17 +112,29 @@ def tune_sweep(recipe: Recipe, space: SweepSpace, trials: int, sweep_dir: Path, 
     trainable = tune.with_resources(run_trial, {"cpu": 0.01})  # its stages reserve theirs
     storage = sweep_dir / "tune"
     if tune.Tuner.can_restore(str(storage / "sweep")):  # an interrupted sweep resumes
+        print(f"sweep: resuming the Tune experiment under {storage / 'sweep'}", flush=True)
         tuner = tune.Tuner.restore(str(storage / "sweep"), trainable=trainable,
                                    resume_errored=True, param_space=_params(space, fixed))
         return tuner.fit()
     scheduler = ASHAScheduler(time_attr="training_iteration", max_t=len(recipe.stages),
-                              grace_period=1, reduction_factor=2)
+                              grace_period=1, reduction_factor=2) if early_stopping else None
     tuner = tune.Tuner(
         trainable, param_space=_params(space, fixed),
         tune_config=tune.TuneConfig(metric="objective", mode="max", num_samples=trials,
-                                    scheduler=scheduler, max_concurrent_trials=concurrent),
+                                    search_alg=searcher(search, points or [], seed),
+                                    scheduler=scheduler, max_concurrent_trials=concurrent,
+                                    trial_dirname_creator=_trial_dirname),
         run_config=tune.RunConfig(name="sweep", storage_path=str(storage.resolve())))
     return tuner.fit()
+
+
+def _trial_dirname(trial) -> str:
+    # Tune's default name lists the config, which holds the whole recipe here.
+    return f"trial_{trial.trial_id}"
+
+
+def _tune_points(points: list[dict]) -> list[dict] | None:
+    return [{tune_key(k): v for k, v in p.items()} for p in points] or None
 
 
 def _params(space: SweepSpace, fixed: dict) -> dict:

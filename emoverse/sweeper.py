@@ -22,9 +22,10 @@ from emoverse.evaluation.evaluator import answer_budget
 from emoverse.pipeline import say
 from emoverse.recipe import Recipe, apply_overrides, dump_recipe
 from emoverse.rundir import RunDir
-from emoverse.sweep import SweepSpace, point_params, recipe_point, trial_overrides
+from emoverse.sweep import SweepSpace, param_name, point_params, recipe_point, trial_overrides
 
 BEST = "best-recipe.yaml"
+SHARE = " share"
 
 
 def concurrent_trials(recipe: Recipe) -> int:
@@ -66,11 +67,11 @@ def run_sweep(recipe: Recipe, space: SweepSpace, trials: int, sweep_dir: str | P
         f"ASHA over {len(recipe.stages)} stages, under {sweep.path}")
     results = tune_sweep(recipe, space, trials, sweep.path, fixed, concurrent, search,
                          start_points(recipe, space, baseline), seed, early_stopping)
-    table = trial_table(results)
+    table = with_shares(trial_table(results), space)
     table.to_csv(sweep.path / "trials.csv", index=False)
     plot_objective(table, sweep.path / "objective.png")
     best = table[table.stages == len(recipe.stages)].sort_values("objective").iloc[-1]
-    params = {k: best[k] for k in table.columns if "/" in k and not k.startswith("valid")}
+    params = {k: best[k] for k in table.columns if "/" in k and not k.endswith(SHARE)}
     winner = apply_overrides(recipe, trial_overrides(recipe, space, params))
     dump_recipe(winner.model_copy(update={"name": f"{recipe.name}-best"}), sweep.path / BEST)
     return {"table": table, "best": best.to_dict(), "recipe": sweep.path / BEST}
@@ -99,6 +100,18 @@ def trial_table(results) -> pd.DataFrame:
     return pd.DataFrame(rows).sort_values("objective", ascending=False)
 
 
+def with_shares(table: pd.DataFrame, space: SweepSpace) -> pd.DataFrame:
+    """Adds each searched weight's share of its stage's searched weights (what a trial
+    actually changes: the raw samples are normalised)."""
+    table = table.copy()
+    for stage, stage_space in space.stages.items():
+        cols = [param_name(stage, k) for k in stage_space.weights]
+        total = table[cols].sum(axis=1)
+        for col in cols:
+            table[col + SHARE] = table[col] / total
+    return table
+
+
 def _max_stage(results) -> int:
     return max((r.metrics or {}).get("stage", 0) for r in results)
 
@@ -110,7 +123,9 @@ def plot_objective(table: pd.DataFrame, out: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    params = [c for c in table.columns if "/" in c]
+    # Weights as shares (their raw samples only matter through their ratios), lr and rank raw.
+    params = [c for c in table.columns if "/" in c and (c.endswith(SHARE) or c + SHARE not in
+                                                        table.columns)]
     fig, axes = plt.subplots(1, len(params), figsize=(3.2 * len(params), 3), squeeze=False)
     for ax, param in zip(axes[0], params):
         for status, marker in (("finished", "o"), ("stopped early", "x")):

@@ -19,6 +19,7 @@ from emoverse.distributed.session import ensure_ray
 from emoverse.distributed.tuning import trial_params, tune_sweep
 from emoverse.emt.manifest import manifest_hash, read_manifest
 from emoverse.evaluation.evaluator import answer_budget
+from emoverse.figures import pyplot
 from emoverse.pipeline import say
 from emoverse.recipe import Recipe, apply_overrides, dump_recipe
 from emoverse.rundir import RunDir
@@ -118,10 +119,7 @@ def _max_stage(results) -> int:
 
 def plot_objective(table: pd.DataFrame, out: Path) -> None:
     """Objective against each searched parameter, finished and stopped trials apart."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     # Weights as shares (their raw samples only matter through their ratios), lr and rank raw.
     params = [c for c in table.columns if "/" in c and (c.endswith(SHARE) or c + SHARE not in

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from emoverse.figures import pyplot
 from emoverse.tasks import TASK_NAMES, get_task
 
 CONFUSION_TASKS = ("msa", "mer")
@@ -49,20 +50,11 @@ def write_report(out: str | Path, metrics: dict, predictions: pd.DataFrame,
     return out
 
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")  # no display on servers
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def write_confusion(path: Path, task_name: str, manifest: pd.DataFrame,
                     predictions: pd.DataFrame) -> None:
     from sklearn.metrics import ConfusionMatrixDisplay
 
-    plt = _pyplot()
+    plt = pyplot()
     task = get_task(task_name)
     rows = manifest.set_index("sample_id")
     preds = predictions[predictions.task == task_name]
@@ -83,7 +75,7 @@ def write_bars(path: Path, metrics: dict, previous: dict | None = None) -> None:
     """Grouped bars of each task's primary metric: this model, baseline, previous run."""
     import numpy as np
 
-    plt = _pyplot()
+    plt = pyplot()
     tasks = [t for t in TASK_NAMES if t in metrics["tasks"]]
     series = {"this model": metrics["tasks"]}
     if previous:

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from emoverse.figures import pyplot
+
 
 def write_loss_curves(stages: dict[str, dict], out: str | Path) -> Path:
     """Plot each stage's logged losses (`losses`, `log_every` of its lineage) to `out`."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # no display on servers
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(8, 4))
     offset = 0
     for name, lineage in stages.items():

@@ -65,7 +65,8 @@ def run_sweep(recipe: Recipe, space: SweepSpace, trials: int, sweep_dir: str | P
     }
     concurrent = concurrent_trials(recipe)
     say(f"sweep: {trials} trials ({search} search, seed {seed}), {concurrent} at a time, "
-        f"ASHA over {len(recipe.stages)} stages, under {sweep.path}")
+        f"{'ASHA' if early_stopping else 'no early stopping'} over {len(recipe.stages)} "
+        f"stages, under {sweep.path}")
     results = tune_sweep(recipe, space, trials, sweep.path, fixed, concurrent, search,
                          start_points(recipe, space, baseline), seed, early_stopping)
     table = with_shares(trial_table(results), space)

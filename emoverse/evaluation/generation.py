@@ -7,6 +7,15 @@ from typing import Mapping, Sequence
 from emoverse.train.batching import Collator
 
 
+def greedy_new_tokens(model, enc: Mapping, max_new_tokens: int):
+    """The tokens `model` generates greedily after the prompts of `enc` (batch, new)."""
+    import torch
+
+    with torch.inference_mode():
+        out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False)
+    return out[:, enc["input_ids"].shape[1]:]
+
+
 class AnswerGenerator:
     """Loads a model (adapters merged) once; turns batches of rows into answer texts."""
 
@@ -22,11 +31,5 @@ class AnswerGenerator:
         self.max_new_tokens = max_new_tokens
 
     def generate(self, batch: Mapping[str, Sequence]) -> list[str]:
-        import torch
-
-        enc = self.collate(batch)
-        with torch.inference_mode():
-            out = self.model.generate(**enc, max_new_tokens=self.max_new_tokens,
-                                      do_sample=False)
-        new = out[:, enc["input_ids"].shape[1]:]
+        new = greedy_new_tokens(self.model, self.collate(batch), self.max_new_tokens)
         return [t.strip() for t in self.processor.batch_decode(new, skip_special_tokens=True)]

@@ -1,0 +1,196 @@
+"""Typed arguments of the serving application, and the Serve config file that carries them.
+
+`ServeArgs` is the pydantic model of the app builder (`emoverse.serving.app:build_app`):
+`serve deploy`, a RayService and `emoverse serve` all validate the same fields.
+`serve_config` writes the multi-application Serve config (what `emoverse serve build`
+prints); `load_serve_config` reads one back and validates both Serve's schema and our
+arguments, so a manifest embedding it can be checked in tests.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import Field, PositiveFloat, PositiveInt, field_validator, model_validator
+
+from emoverse.recipe import MediaConfig, Strict
+from emoverse.tasks import TASK_NAMES
+
+IMPORT_PATH = "emoverse.serving.app:build_app"
+# Answer budgets per task: the longest answers are ERI explanations and ECPE pair lists.
+# A trained model stops at its end-of-turn token long before these.
+DEFAULT_BUDGETS = {"msa": 8, "mer": 8, "fer": 24, "eri": 96, "ecpe": 48}
+
+
+class Autoscaling(Strict):
+    """Serve's autoscaling_config: replicas follow the ongoing requests per replica."""
+
+    min_replicas: int = Field(1, ge=0)
+    max_replicas: PositiveInt = 2
+    target_ongoing_requests: PositiveFloat = 8.0
+    upscale_delay_s: float = Field(10.0, ge=0)
+    downscale_delay_s: float = Field(300.0, ge=0)
+
+    @model_validator(mode="after")
+    def _range(self) -> "Autoscaling":
+        if self.max_replicas < self.min_replicas:
+            raise ValueError(f"autoscaling: max_replicas {self.max_replicas} is below "
+                             f"min_replicas {self.min_replicas}")
+        return self
+
+
+class DeploymentSpec(Strict):
+    """Replicas, resources and backpressure of one deployment."""
+
+    num_cpus: float = Field(1.0, ge=0)
+    num_gpus: float = Field(0.0, ge=0)
+    num_replicas: PositiveInt = 1  # ignored when autoscaling is set
+    autoscaling: Autoscaling | None = None
+    max_ongoing_requests: PositiveInt = 64
+    # Requests waiting at each caller beyond this get 503 instead of an unbounded queue.
+    max_queued_requests: int = Field(256, ge=-1)
+
+    def options(self) -> dict[str, Any]:
+        """Keyword arguments of `Deployment.options`."""
+        opts: dict[str, Any] = {
+            "ray_actor_options": {"num_cpus": self.num_cpus, "num_gpus": self.num_gpus},
+            "max_ongoing_requests": self.max_ongoing_requests,
+            "max_queued_requests": self.max_queued_requests,
+        }
+        if self.autoscaling:
+            opts["autoscaling_config"] = self.autoscaling.model_dump()
+        else:
+            opts["num_replicas"] = self.num_replicas
+        return opts
+
+
+class ModelServerSpec(DeploymentSpec):
+    autoscaling: Autoscaling | None = Autoscaling()
+    max_ongoing_requests: PositiveInt = 32
+    max_queued_requests: int = Field(128, ge=-1)
+    max_models_per_replica: PositiveInt = 3  # LRU over stages and adapters per replica
+    torch_threads: PositiveInt = 1
+
+
+class Batching(Strict):
+    """Serve's dynamic batching of generation calls (`@serve.batch`)."""
+
+    enabled: bool = True
+    max_batch_size: PositiveInt = 16
+    batch_wait_timeout_s: float = Field(0.01, ge=0)
+
+
+class AdapterSpec(Strict):
+    """A LoRA adapter served under its own model id (e.g. one per tenant)."""
+
+    path: str  # a peft adapter directory, or a stage checkpoint holding `adapter/`
+    base: str | None = None  # the served model id it was trained on; None = the last stage
+
+
+class Limits(Strict):
+    max_upload_mb: PositiveFloat = 64.0
+    max_video_seconds: PositiveFloat = 300.0  # of the analysed span
+    max_video_frames: PositiveInt = 18000  # of the whole file (decoder index and seeks)
+    # Prompt + video tokens + answer budget; None = the longest max_length of the run's
+    # stages (what the model was trained on), else the model's position limit.
+    max_input_tokens: PositiveInt | None = None
+    max_new_tokens_cap: PositiveInt = 256  # chat `max_tokens` above this is refused
+    media_cache_clips: int = Field(256, ge=0)  # processed clips kept per gateway (LRU)
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return int(self.max_upload_mb * 2**20)
+
+
+class ServeArgs(Strict):
+    """Arguments of the serving application (the builder's typed args)."""
+
+    model: str  # a run directory, a stage checkpoint, or a (exported) HF model directory
+    default_model: str | None = None  # a model id; None = the run's last finished stage
+    adapters: dict[str, AdapterSpec] = {}
+    media: MediaConfig | None = None  # None = the run's recipe media (as in training)
+    media_root: str | None = None  # where `video_path` may point; None = uploads only
+    limits: Limits = Limits()
+    max_new_tokens: dict[str, PositiveInt] = DEFAULT_BUDGETS
+    batching: Batching = Batching()
+    model_server: ModelServerSpec = ModelServerSpec()
+    gateway: DeploymentSpec = DeploymentSpec()
+    trust_remote_code: bool = False  # remote model code runs only when asked for
+
+    @field_validator("max_new_tokens")
+    @classmethod
+    def _known_tasks(cls, value: dict[str, int]) -> dict[str, int]:
+        unknown = sorted(set(value) - set(TASK_NAMES))
+        if unknown:
+            raise ValueError(f"max_new_tokens: unknown task(s) {unknown}; known: "
+                             f"{', '.join(TASK_NAMES)}")
+        return {**DEFAULT_BUDGETS, **value}
+
+    @model_validator(mode="after")
+    def _batches_can_fill(self) -> "ServeArgs":
+        if self.batching.enabled and \
+                self.model_server.max_ongoing_requests < self.batching.max_batch_size:
+            raise ValueError(
+                f"model_server.max_ongoing_requests ({self.model_server.max_ongoing_requests}) "
+                f"must be at least batching.max_batch_size ({self.batching.max_batch_size}), "
+                "or batches can never fill")
+        return self
+
+
+def serve_config(args: ServeArgs, name: str = "emoverse", route_prefix: str = "/",
+                 host: str = "0.0.0.0", port: int = 8000) -> dict:
+    """A Serve config (`serve deploy`, RayService `serveConfigV2`) with one application."""
+    config = {
+        "proxy_location": "EveryNode",
+        "http_options": {"host": host, "port": port},
+        "applications": [{
+            "name": name,
+            "route_prefix": route_prefix,
+            "import_path": IMPORT_PATH,
+            "args": args.model_dump(mode="json"),
+        }],
+    }
+    _validate_schema(config)
+    return config
+
+
+def write_serve_config(config: dict, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    header = ("# Serve config written by `emoverse serve build`; deploy with `serve deploy "
+              f"{path.name}` or embed as a RayService's serveConfigV2.\n")
+    path.write_text(header + yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def load_serve_config(path: str | Path) -> tuple[dict, dict[str, ServeArgs]]:
+    """Read and validate a Serve config file: Serve's schema, then each emoverse
+    application's args against `ServeArgs`. Returns (config, {app name: args})."""
+    path = Path(path)
+    config = yaml.safe_load(path.read_text())
+    if not isinstance(config, dict):
+        raise ValueError(f"{path}: not a Serve config (a YAML mapping with `applications`)")
+    _validate_schema(config, str(path))
+    apps = {}
+    for app in config["applications"]:
+        if app.get("import_path") != IMPORT_PATH:
+            continue
+        try:
+            apps[app["name"]] = ServeArgs.model_validate(app.get("args") or {})
+        except ValueError as exc:
+            raise ValueError(f"{path}: application {app['name']!r} has invalid args: "
+                             f"{exc}") from exc
+    if not apps:
+        raise ValueError(f"{path}: no application imports {IMPORT_PATH}")
+    return config, apps
+
+
+def _validate_schema(config: dict, where: str = "serve config") -> None:
+    from ray.serve.schema import ServeDeploySchema
+
+    try:
+        ServeDeploySchema.model_validate(config)
+    except ValueError as exc:
+        raise ValueError(f"{where}: not a valid Serve config: {exc}") from exc

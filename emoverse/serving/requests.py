@@ -1,0 +1,162 @@
+"""Request handling without Ray: model choice, clip, prompt, token limit, model call, answer.
+
+`Service` is what the HTTP routes call. The model deployment sits behind `Backend` (a
+Serve deployment handle in production, an in-process `Engine` or a stub in tests).
+Prompts come from the task modules (`Task.prompt`) and clips from the media stage's
+code, so a served request reaches the model exactly as a training row does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from emoverse.serving.catalog import Catalog, build_catalog
+from emoverse.serving.config import ServeArgs
+from emoverse.serving.engine import Generation, Job
+from emoverse.serving.errors import ServingError
+from emoverse.serving.schemas import (AnalyzeRequest, AnalyzeResponse, ModelCard, Pair,
+                                      StructuredAnswer, Timing, Usage)
+from emoverse.serving.videos import ServedClip, VideoRef, VideoSource
+from emoverse.tasks import TASK_NAMES, Answer, get_task
+from emoverse.train.batching import Collator
+
+MODEL_HEADER = "serve_multiplexed_model_id"  # Serve's multiplexing header
+
+
+class Backend(Protocol):
+    async def generate(self, model_id: str, job: Job) -> Generation: ...
+
+    async def status(self) -> dict: ...
+
+
+@dataclass
+class Outcome:
+    """One generation for a request, with what it cost."""
+
+    generation: Generation
+    clip: ServedClip
+    prompt_tokens: int
+    media_ms: float
+    model_ms: float
+
+
+class Service:
+    def __init__(self, args: ServeArgs, catalog: Catalog, processor: Any, backend: Backend):
+        self.args = args
+        self.catalog = catalog
+        self.backend = backend
+        self.videos = VideoSource(catalog.media, args.limits, args.media_root)
+        self._collate = Collator(processor, train=False)
+        self._started = int(time.time())
+
+    @classmethod
+    def create(cls, args: ServeArgs, backend: Backend) -> "Service":
+        from emoverse.model.checkpoint import load_processor
+
+        catalog = build_catalog(args)
+        # Token counting only: every served id shares the default's tokenizer.
+        processor = load_processor(catalog.entry(catalog.default).base, args.trust_remote_code)
+        return cls(args, catalog, processor, backend)
+
+    def model_id(self, requested: str | None, header: str | None) -> str:
+        """The body's `model`, else the multiplexing header, else the default."""
+        model_id = requested or header or self.catalog.default
+        if model_id not in self.catalog.entries:
+            field = "model" if requested else MODEL_HEADER
+            raise ServingError(404, field, f"unknown model {model_id!r}; served models: "
+                               f"{', '.join(self.catalog.entries)}")
+        return model_id
+
+    def models(self) -> list[ModelCard]:
+        return [ModelCard(id=e.id, created=self._started, kind=e.kind, base=e.base,
+                          default=e.id == self.catalog.default)
+                for e in self.catalog.entries.values()]
+
+    async def health(self) -> dict:
+        try:
+            backend = await self.backend.status()
+        except Exception as exc:  # the model deployment is down or unreachable
+            raise ServingError(503, "model_server", f"not ready: {exc}") from exc
+        return {"status": "ok", "default_model": self.catalog.default,
+                "models": list(self.catalog.entries), "model_server": backend}
+
+    def budget(self, task: str | None, requested: int | None = None) -> int:
+        cap = self.args.limits.max_new_tokens_cap
+        if requested is not None and requested > cap:
+            raise ServingError(422, "max_tokens", f"{requested} is over the {cap}-token cap "
+                               "(limits.max_new_tokens_cap)")
+        return requested or self.args.max_new_tokens.get(task or "", max(
+            self.args.max_new_tokens.values()))
+
+    async def run(self, model_id: str, prompt: str, video: VideoRef, budget: int,
+                  text_field: str) -> Outcome:
+        """Clip and token check off the event loop, then the model call."""
+        start = time.perf_counter()
+        clip, tokens = await asyncio.to_thread(self._prepare, prompt, video, budget, text_field)
+        media_ms = (time.perf_counter() - start) * 1000
+        start = time.perf_counter()
+        generation = await self.backend.generate(model_id, Job(prompt, clip.frames, budget))
+        return Outcome(generation, clip, tokens, media_ms, (time.perf_counter() - start) * 1000)
+
+    def _prepare(self, prompt: str, video: VideoRef, budget: int,
+                 text_field: str) -> tuple[ServedClip, int]:
+        clip = self.videos.clip(video)
+        tokens = int(self._collate({"prompt": [prompt], "frames": [clip.frames]})
+                     ["input_ids"].shape[1])
+        limit = self.catalog.max_input_tokens
+        if tokens + budget > limit:
+            raise ServingError(422, text_field, f"too long for the model: {tokens} prompt and "
+                               f"video tokens + {budget} answer tokens > {limit} "
+                               "(limits.max_input_tokens)")
+        return clip, tokens
+
+    async def analyze(self, req: AnalyzeRequest, video: VideoRef,
+                      model_id: str) -> AnalyzeResponse:
+        start = time.perf_counter()
+        budget = self.budget(req.task)
+        field = "conversation" if req.task == "ecpe" else "transcript"
+        out = await self.run(model_id, req.prompt(), video, budget, field)
+        answer = get_task(req.task).parse(out.generation.text)
+        return AnalyzeResponse(
+            task=req.task, model=model_id, answer=structured(req.task, answer),
+            parse_error=answer.error, raw=out.generation.text,
+            face_found=out.clip.face_found, media_cached=out.clip.cached,
+            usage=usage(out), timing=timing(out, start))
+
+
+def usage(out: Outcome) -> Usage:
+    done = out.generation.completion_tokens
+    return Usage(prompt_tokens=out.prompt_tokens, completion_tokens=done,
+                 total_tokens=out.prompt_tokens + done)
+
+
+def timing(out: Outcome, start: float) -> Timing:
+    return Timing(media_ms=round(out.media_ms, 2), model_ms=round(out.model_ms, 2),
+                  generate_ms=round(out.generation.generate_ms, 2),
+                  batch_size=out.generation.batch_size,
+                  total_ms=round((time.perf_counter() - start) * 1000, 2))
+
+
+def structured(task: str, answer: Answer) -> StructuredAnswer | None:
+    """The task's parsed value in the response's shape; None when it did not parse."""
+    if not answer.ok:
+        return None
+    value = answer.value
+    if task in ("msa", "mer"):
+        return StructuredAnswer(label=value)
+    if task == "fer":
+        return StructuredAnswer(labels=list(value))
+    if task == "eri":
+        return StructuredAnswer(text=value["text"], emotion=value["emotion"])
+    if task == "ecpe":
+        return StructuredAnswer(pairs=[Pair(utterance=u, emotion=e, cause=c)
+                                       for u, e, c in value])
+    raise KeyError(f"no answer shape for task {task!r}")
+
+
+def task_of_prompt(prompt: str) -> str | None:
+    """The task whose tag a verbatim prompt carries (to parse the answer), if any."""
+    return next((t for t in TASK_NAMES if get_task(t).tag in prompt), None)

@@ -1,0 +1,170 @@
+"""Request and response bodies of the HTTP API (pydantic); validation names the field."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import (BaseModel, ConfigDict, Field, field_validator, model_serializer,
+                      model_validator)
+
+from emoverse.tasks import get_task
+from emoverse.tasks.base import EMOTIONS, canonical_emotion
+
+
+class Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Utterance(Body):
+    """One turn of an ECPE conversation, with its (gold or predicted) emotion."""
+
+    speaker: str = Field(min_length=1)
+    text: str = Field(min_length=1)
+    emotion: str
+
+    @field_validator("emotion")
+    @classmethod
+    def _emotion(cls, value: str) -> str:
+        emotion = canonical_emotion(value)
+        if emotion is None:
+            raise ValueError(f"unknown emotion {value!r}; one of {', '.join(EMOTIONS)}")
+        return emotion  # the converters store canonical names, so the prompt matches
+
+
+class TaskInput(Body):
+    """What a task's prompt is built from (besides the video)."""
+
+    task: str
+    transcript: str | None = None
+    conversation: list[Utterance] | None = None
+    target_utterance: int | None = Field(None, ge=1)  # 1-based; None = the last turn
+
+    @field_validator("task")
+    @classmethod
+    def _known_task(cls, value: str) -> str:
+        try:
+            return get_task(value).name
+        except KeyError as exc:
+            raise ValueError(exc.args[0]) from None
+
+    @model_validator(mode="after")
+    def _inputs_of_task(self) -> "TaskInput":
+        if self.task == "ecpe":
+            if not self.conversation:
+                raise ValueError("task ecpe needs `conversation` (a list of {speaker, text, "
+                                 "emotion})")
+            if self.target_utterance is None:
+                self.target_utterance = len(self.conversation)
+            if self.target_utterance > len(self.conversation):
+                raise ValueError(f"target_utterance {self.target_utterance} is beyond the "
+                                 f"conversation's {len(self.conversation)} utterances")
+        elif get_task(self.task).speech_in_prompt and not (self.transcript or "").strip():
+            raise ValueError(f"task {self.task} needs `transcript` (what the person says)")
+        return self
+
+    def prompt(self) -> str:
+        """The task's training prompt for these inputs (`Task.prompt`, nothing else)."""
+        context = [u.model_dump() for u in self.conversation] if self.conversation else None
+        return get_task(self.task).prompt(self.transcript or "", context, self.target_utterance)
+
+
+class AnalyzeRequest(TaskInput):
+    """`POST /v1/analyze` (JSON, or the same fields as multipart form fields)."""
+
+    video_path: str | None = None  # under the media root; or upload the file as `video`
+    video_start: float | None = Field(None, ge=0)  # seconds: analyse only this span
+    video_end: float | None = Field(None, gt=0)
+    model: str | None = None  # a served model id (or header serve_multiplexed_model_id)
+
+
+class Pair(BaseModel):
+    utterance: int
+    emotion: str
+    cause: int
+
+
+class StructuredAnswer(BaseModel):
+    """The parsed answer: `label` (MSA, MER), `labels` (FER facial actions), `text` and
+    `emotion` (ERI), `pairs` (ECPE). Unset fields are left out."""
+
+    label: str | None = None
+    labels: list[str] | None = None
+    text: str | None = None
+    emotion: str | None = None
+    pairs: list[Pair] | None = None
+
+    @model_serializer(mode="wrap")
+    def _only_set(self, handler) -> dict:
+        return {k: v for k, v in handler(self).items() if v is not None}
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class Timing(BaseModel):
+    media_ms: float  # decode, sample, detect, crop (0 when the clip was cached)
+    model_ms: float  # waiting for and running the model deployment
+    generate_ms: float  # the batch's generation on the replica
+    batch_size: int  # requests generated together with this one
+    total_ms: float
+
+
+class AnalyzeResponse(BaseModel):
+    task: str
+    model: str
+    answer: StructuredAnswer | None  # None when the raw text does not parse
+    parse_error: str | None = None
+    raw: str
+    face_found: bool
+    media_cached: bool
+    usage: Usage
+    timing: Timing
+
+
+class VideoURL(BaseModel):
+    url: str
+
+
+class ContentPart(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    type: Literal["text", "video_url"]
+    text: str | None = None
+    video_url: VideoURL | None = None
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    role: Literal["system", "user", "assistant", "developer"]
+    content: str | list[ContentPart]
+
+
+class ChatRequest(BaseModel):
+    """`POST /v1/chat/completions`: OpenAI's fields, plus emoverse's task inputs (send
+    them with an OpenAI client's `extra_body`)."""
+
+    model_config = ConfigDict(extra="ignore")  # OpenAI clients send many optional fields
+
+    model: str | None = None
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    stream: bool = False
+    n: int = 1
+    task: str | None = None
+    conversation: list[Utterance] | None = None
+    target_utterance: int | None = Field(None, ge=1)
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str = "emoverse"
+    kind: Literal["weights", "adapter"]
+    base: str
+    default: bool

@@ -202,7 +202,7 @@ def _set_path(data: dict, dotted: str, value: Any) -> None:
         node[last] = value
 
 
-def _apply(data: dict, overrides: list[str]) -> None:
+def apply_key_values(data: dict, overrides: list[str]) -> None:
     """Apply `key=value` overrides (values parsed as YAML) to recipe data in place."""
     for item in overrides:
         if "=" not in item:
@@ -220,14 +220,14 @@ def load_recipe(name_or_path: str | Path, overrides: list[str] | None = None) ->
         raise FileNotFoundError(f"no recipe file {name_or_path!r} and no shipped recipe by that "
                                 f"name (shipped: {', '.join(shipped_recipes())})")
     data = yaml.safe_load(path.read_text())
-    _apply(data, overrides or [])
+    apply_key_values(data, overrides or [])
     return Recipe.model_validate(data)
 
 
 def apply_overrides(recipe: Recipe, overrides: list[str]) -> Recipe:
     """`recipe` with `key=value` overrides applied, validated again."""
     data = json.loads(recipe.model_dump_json())
-    _apply(data, overrides)
+    apply_key_values(data, overrides)
     return Recipe.model_validate(data)
 
 

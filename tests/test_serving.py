@@ -244,6 +244,31 @@ def test_serve_config_round_trips_and_is_validated(served_run, tmp_path):
         ServeArgs(model="m", batching={"max_batch_size": 64})  # above max_ongoing_requests
 
 
+def test_serve_build_writes_a_config_the_typed_builder_accepts(served_run, tmp_path, capsys):
+    from ray.serve._private.api import call_user_app_builder_with_args_if_necessary
+
+    from emoverse.cli import main
+    from emoverse.serving.app import build_app
+    from emoverse.serving.config import load_serve_config
+
+    out = tmp_path / "serve.yaml"
+    assert main(["serve", "build", str(served_run), "--out", str(out), "--media-root",
+                 str(tmp_path), "batching.max_batch_size=8", "--adapter",
+                 f"tenant={served_run / 'checkpoints' / STAGE2}",
+                 f"adapters.tenant.base={STAGE1}"]) == 0
+    config, apps = load_serve_config(out)
+    args = apps["emoverse"]
+    assert args.model == str(served_run) and args.batching.max_batch_size == 8
+    assert args.adapters["tenant"].base == STAGE1 and config["http_options"]["host"] == "0.0.0.0"
+    # Serve validates the file's args against build_app's pydantic annotation, as
+    # `serve deploy` and a RayService do
+    app = call_user_app_builder_with_args_if_necessary(build_app, config["applications"][0]["args"])
+    assert type(app).__name__ == "Application"
+    assert main(["serve", "build", str(served_run), "--out", str(out), "batching.nope=1"]) == 2
+    assert main(["serve", "build", "--out", str(out)]) == 2
+    assert "validation error" in capsys.readouterr().err
+
+
 def test_remote_code_stays_off_unless_configured(tiny_model, tmp_path, monkeypatch):
     from emoverse.serving.catalog import build_catalog
 

@@ -27,6 +27,14 @@ def _bench_sweep(args) -> int:
     return 0
 
 
+def _bench_serve(args) -> int:
+    from emoverse.benchmarks.serve import report, run
+
+    print(report(run(args.model, args.clients, args.duration, args.new_tokens, args.demo_size,
+                     args.workdir)))
+    return 0
+
+
 def register(sub) -> None:
     bench = sub.add_parser(
         "bench", help="benchmarks that print side-by-side ratios",
@@ -83,3 +91,22 @@ def register(sub) -> None:
                     help="ASHA's trials (default: two thirds of the grid's points)")
     bs.add_argument("--workdir", help="where to write the sweeps (default: a temp dir)")
     bs.set_defaults(func=_bench_sweep)
+
+    bv = bench_sub.add_parser(
+        "serve", help="the serving app with dynamic batching off vs on (req/s, latency)",
+        description="Deploy the serving application twice on this machine's Ray, with "
+                    "dynamic batching off and then on, and drive each with the same "
+                    "closed-loop load: CLIENTS threads posting /v1/analyze requests (demo "
+                    "clips of all five tasks, by path) back to back for DURATION seconds. "
+                    "Prints requests/s, p50/p99 latency, errors and mean batch size of each, "
+                    "and the throughput ratio on/off.")
+    bv.add_argument("--model", help="run or model directory (default: the tiny random-init "
+                                    "model, every answer exactly --new-tokens long)")
+    bv.add_argument("--clients", type=positive_int, default=16, help="concurrent clients (16)")
+    bv.add_argument("--duration", type=float, default=20.0, help="seconds per mode (20)")
+    bv.add_argument("--new-tokens", type=positive_int, default=16,
+                    help="answer budget of every task (default 16)")
+    bv.add_argument("--demo-size", type=positive_int, default=40,
+                    help="demo rows to request, cycled (default 40)")
+    bv.add_argument("--workdir", help="where to write the model and clips (default: temp)")
+    bv.set_defaults(func=_bench_serve)

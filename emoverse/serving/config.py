@@ -15,7 +15,7 @@ from typing import Any
 import yaml
 from pydantic import Field, PositiveFloat, PositiveInt, field_validator, model_validator
 
-from emoverse.recipe import MediaConfig, Strict
+from emoverse.recipe import MediaConfig, Strict, apply_key_values
 from emoverse.tasks import TASK_NAMES
 
 IMPORT_PATH = "emoverse.serving.app:build_app"
@@ -137,6 +137,24 @@ class ServeArgs(Strict):
                 f"must be at least batching.max_batch_size ({self.batching.max_batch_size}), "
                 "or batches can never fill")
         return self
+
+
+def serve_args(model: str | None = None, config: str | Path | None = None,
+               overrides: list[str] | None = None) -> ServeArgs:
+    """Arguments from a YAML file (ServeArgs fields, or a Serve config holding the app),
+    the model, and `key=value` overrides (`batching.enabled=false`), validated."""
+    data: dict = {}
+    if config:
+        loaded = yaml.safe_load(Path(config).read_text()) or {}
+        if isinstance(loaded, dict) and "applications" in loaded:
+            loaded = next(iter(load_serve_config(config)[1].values())).model_dump(mode="json")
+        if not isinstance(loaded, dict):
+            raise ValueError(f"{config}: expected a mapping of serving arguments")
+        data = loaded
+    if model:
+        data["model"] = model
+    apply_key_values(data, overrides or [])
+    return ServeArgs.model_validate(data)
 
 
 def serve_config(args: ServeArgs, name: str = "emoverse", route_prefix: str = "/",

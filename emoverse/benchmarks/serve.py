@@ -1,0 +1,165 @@
+"""`emoverse bench serve [--model RUN_OR_MODEL] [--clients 16] [--duration 20]`
+
+A closed-loop load on the serving application, run twice in one go on the same
+requests: with dynamic batching off, then on. Each of CLIENTS threads posts
+`/v1/analyze` requests (the demo set's rows of every task, by path under the media
+root) back to back for DURATION seconds. Prints requests/s, p50/p99 latency, errors and
+the mean batch size of each mode, and the throughput ratio on/off.
+
+Without `--model` it serves the tiny random-init model, which never emits its end
+token: every answer is exactly `--new-tokens` tokens, so each request asks the same
+work of the model. The model deployment is one replica (no autoscaling) with room for
+every client, so the modes differ in batching alone; the gateway's clip cache makes
+repeated clips cheap in both.
+"""
+
+from __future__ import annotations
+
+import socket
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+from emoverse.recipe import MediaConfig, load_recipe
+from emoverse.serving.config import ServeArgs
+
+
+def request_bodies(manifest_path: Path, clips_root: Path) -> list[dict]:
+    """One /v1/analyze body per manifest row, the clip given by path under the root."""
+    import pandas as pd
+
+    rows = pd.read_parquet(manifest_path)
+    bodies = []
+    for _, row in rows.iterrows():
+        body = {"task": row.task, "video_path": str(Path(row.media_path).relative_to(clips_root))}
+        if row.task == "ecpe":
+            body.update(conversation=[dict(u) for u in row.context],
+                        target_utterance=int(row.target_utterance))
+        elif row.transcript:
+            body["transcript"] = row.transcript
+        bodies.append(body)
+    return bodies
+
+
+def bench_args(model: str, media_root: Path, batching: bool, clients: int,
+               new_tokens: int, media: MediaConfig | None) -> ServeArgs:
+    return ServeArgs(
+        model=model, media_root=str(media_root), media=media,
+        max_new_tokens={t: new_tokens for t in ("msa", "mer", "fer", "eri", "ecpe")},
+        batching={"enabled": batching, "max_batch_size": clients},
+        model_server={"num_cpus": 1, "autoscaling": None, "max_ongoing_requests": 2 * clients,
+                      "max_queued_requests": -1},
+        gateway={"num_cpus": 0.5, "max_ongoing_requests": 4 * clients})
+
+
+def closed_loop(url: str, bodies: list[dict], clients: int, duration: float) -> dict:
+    """CLIENTS threads posting back to back until the deadline; latencies and statuses."""
+    import requests
+
+    lock = threading.Lock()
+    counter = iter(range(10**9))
+    results: list[tuple[float, int, int]] = []  # (seconds, status, batch size)
+    deadline = time.perf_counter() + duration
+
+    def client() -> None:
+        session = requests.Session()
+        while time.perf_counter() < deadline:
+            with lock:
+                body = bodies[next(counter) % len(bodies)]
+            start = time.perf_counter()
+            try:
+                r = session.post(f"{url}/v1/analyze", json=body, timeout=120)
+                status, batch = r.status_code, r.json().get("timing", {}).get("batch_size", 0)
+            except requests.RequestException:
+                status, batch = 0, 0
+            with lock:
+                results.append((time.perf_counter() - start, status, batch))
+
+    start = time.perf_counter()
+    threads = [threading.Thread(target=client) for _ in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return summary(results, time.perf_counter() - start)
+
+
+def summary(results: list[tuple[float, int, int]], wall: float) -> dict:
+    ok = [(s, b) for s, status, b in results if status == 200]
+    latency = np.array([s for s, _ in ok]) * 1000 if ok else np.zeros(1)
+    return {"requests": len(ok), "errors": len(results) - len(ok),
+            "requests_per_second": len(ok) / wall,
+            "p50_ms": float(np.percentile(latency, 50)),
+            "p99_ms": float(np.percentile(latency, 99)),
+            "mean_batch": float(np.mean([b for _, b in ok])) if ok else 0.0}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def measure(args: ServeArgs, bodies: list[dict], clients: int, duration: float) -> dict:
+    """Deploy `args`, warm every clip up once, then run the closed loop."""
+    import requests
+    from ray import serve
+
+    from emoverse.serving.app import build_app
+
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    serve.run(build_app(args), name="emoverse-bench", route_prefix="/")
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for body in bodies:  # model loaded and clips processed before the clock starts
+            requests.post(f"{url}/v1/analyze", json=body, timeout=120).raise_for_status()
+        return closed_loop(url, bodies, clients, duration)
+    finally:
+        serve.shutdown()
+
+
+def run(model: str | None = None, clients: int = 16, duration: float = 20.0,
+        new_tokens: int = 16, demo_size: int = 40, workdir: str | None = None) -> dict:
+    from emoverse.distributed.session import ensure_ray
+    from emoverse.emt.demo import build_demo
+
+    work = Path(workdir or tempfile.mkdtemp(prefix="emoverse-bench-serve-"))
+    media = None  # a run's own media config
+    if model is None:
+        media = load_recipe("m2se-tiny").media  # what the tiny model is trained with
+        from emoverse.model.tiny import write_tiny_model
+        from emoverse.model.vocabulary import instruction_corpus
+
+        print(f"writing the tiny model and demo clips under {work}", flush=True)
+        model = str(write_tiny_model(work / "model", instruction_corpus()))
+    manifest = build_demo(work / "data", size=demo_size, seed=5)
+    bodies = request_bodies(manifest, manifest.parent)
+    ensure_ray()
+    result = {"model": model, "clients": clients, "duration": duration,
+              "new_tokens": new_tokens, "bodies": len(bodies)}
+    for mode, batching in (("off", False), ("on", True)):
+        print(f"batching {mode}: {clients} clients for {duration:g}s", flush=True)
+        args = bench_args(model, manifest.parent, batching, clients, new_tokens, media)
+        result[mode] = measure(args, bodies, clients, duration)
+    result["ratio"] = result["on"]["requests_per_second"] / max(
+        1e-9, result["off"]["requests_per_second"])
+    return result
+
+
+def report(r: dict) -> str:
+    lines = [f"closed loop: {r['clients']} clients x {r['duration']:g}s per mode, /v1/analyze "
+             f"over {r['bodies']} demo rows (all five tasks), {r['new_tokens']} new tokens "
+             f"per answer at most; model {r['model']}",
+             f"{'batching':10} {'requests':>9} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} "
+             f"{'errors':>7} {'mean batch':>11}"]
+    for mode in ("off", "on"):
+        m = r[mode]
+        lines.append(f"{mode:10} {m['requests']:9d} {m['requests_per_second']:8.1f} "
+                     f"{m['p50_ms']:8.1f} {m['p99_ms']:8.1f} {m['errors']:7d} "
+                     f"{m['mean_batch']:11.1f}")
+    lines.append(f"throughput on/off = {r['ratio']:.2f}")
+    return "\n".join(lines)

@@ -80,14 +80,14 @@ def submit(client, submission: Submission) -> str:
         raise JobsError(f"submitting {submission.submission_id} failed: {exc}") from None
 
 
-def follow(client, submission_id: str, write: Callable[[str], object] = sys.stdout.write,
+def follow(client, submission_id: str, write: Callable[[str], object] | None = None,
            poll: float = 1.0) -> JobOutcome:
     """Print the job's logs as they come, then wait for its terminal status."""
+    write = write or (lambda text: (sys.stdout.write(text), sys.stdout.flush()))
 
     async def tail() -> None:
         async for chunk in client.tail_job_logs(submission_id):
             write(chunk)
-            sys.stdout.flush()
 
     try:
         asyncio.run(tail())

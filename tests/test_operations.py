@@ -162,7 +162,7 @@ def validators():
         pytest.skip(f"KubeRay CRDs not found at {CRDS}")
     found = {}
     for kind, name in CRD_FILES.items():
-        crd = yaml.safe_load((CRDS / name).read_text())
+        crd = yaml.load((CRDS / name).read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
         assert crd["spec"]["names"]["kind"] == kind
         schema = next(v for v in crd["spec"]["versions"] if v["name"] == "v1")
         found[kind] = jsonschema.Draft7Validator(schema["schema"]["openAPIV3Schema"])
@@ -302,6 +302,33 @@ def test_ray_jobs_set_their_lifecycle_deliberately(rendered):
         assert words[:3] == ["python", "-m", "emoverse"] and "runtimeEnvYAML" not in spec
     assert "train m2se-paper" in jobs["emoverse-train"]["entrypoint"]
     assert "sweep m2se-paper" in jobs["emoverse-sweep"]["entrypoint"]
+
+
+def test_the_ray_service_serves_from_the_volume_with_its_generated_serve_config(
+        rendered, tmp_path):
+    import shlex
+
+    from emoverse.serving.config import load_serve_config
+
+    service = next(d for d in rendered if d["kind"] == "RayService")["spec"]
+    assert service["excludeHeadPodFromServeSvc"] is True
+    embedded = tmp_path / "embedded.yaml"
+    embedded.write_text(service["serveConfigV2"])
+    config, apps = load_serve_config(embedded)  # Serve's schema and our app's arguments
+    args = apps["emoverse"]
+    runs = next(d for d in rendered if d["kind"] == "ConfigMap")["data"]["EMOVERSE_RUNS"]
+    assert args.model.startswith(runs + "/")
+    assert args.model_server.num_gpus == 1 and args.model_server.autoscaling
+    assert args.gateway.autoscaling and args.gateway.num_gpus == 0
+    groups = {g["groupName"]: g for g in service["rayClusterConfig"]["workerGroupSpecs"]}
+    assert groups["gpu"]["maxReplicas"] >= args.model_server.autoscaling.max_replicas
+    # It is `emoverse serve build`'s output for the command the manifest gives.
+    text = (ROOT / "k8s" / "rayservice.yaml").read_text()
+    command = re.search(r"^#\s+(emoverse serve build .*)$", text, re.M).group(1)
+    argv = shlex.split(command)[1:]
+    argv[argv.index("--out") + 1] = str(tmp_path / "built.yaml")
+    assert main(argv) == 0
+    assert yaml.safe_load((tmp_path / "built.yaml").read_text()) == config
 
 
 # --- VM cluster launcher config ---------------------------------------------------------

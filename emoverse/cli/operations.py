@@ -119,7 +119,7 @@ def register(sub) -> None:
                     "print its logs as they come and exit with its status (0 when it "
                     "SUCCEEDED). The job's working_dir (this checkout) is uploaded unless "
                     "--no-working-dir, which runs the package installed in the cluster's "
-                    "image. Token authentication (on by default since Ray 2.52) is handled "
+                    "image. Token authentication (on by default in Ray 2.60) is handled "
                     "here: the token is sent as a bearer header.",
         epilog="example:\n  emoverse submit jobs/quickstart.yaml --address "
                "http://127.0.0.1:8265\n  emoverse submit jobs/train.yaml --address URL "

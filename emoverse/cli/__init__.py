@@ -27,6 +27,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
+    # `submit JOB [options] -- WORDS`: the words after `--` belong to the job's entrypoint.
+    if extra[:1] == ["--"] and hasattr(args, "entrypoint_args"):
+        args.entrypoint_args, extra = [*args.entrypoint_args, *extra[1:]], []
     # KEY=VALUE overrides may also follow options (`train R --run-dir D a.b=1`), which
     # argparse leaves unparsed for a positional list that came earlier.
     if extra and hasattr(args, "overrides") and all("=" in e and not e.startswith("-")

@@ -43,7 +43,8 @@ def _submit(args) -> int:
     from emoverse.submission import load_job, parse_env, prepare_submission
 
     spec = load_job(args.job)  # a bad job file fails before any connection
-    submission = prepare_submission(spec, args.job, args=args.args, env=parse_env(args.env),
+    submission = prepare_submission(spec, args.job, args=args.entrypoint_args,
+                                    env=parse_env(args.env),
                                     upload=not args.no_working_dir,
                                     submission_id=args.submission_id)
     client = _client(args)
@@ -125,7 +126,7 @@ def register(sub) -> None:
                "http://127.0.0.1:8265\n  emoverse submit jobs/train.yaml --address URL "
                "-- scaling.num_workers=8")
     sm.add_argument("job", help="job file, e.g. jobs/quickstart.yaml")
-    sm.add_argument("args", nargs="*", metavar="ARG",
+    sm.add_argument("entrypoint_args", nargs="*", metavar="ARG",
                     help="appended to the entrypoint after `--` (later options and KEY=VALUE "
                          "recipe overrides win)")
     _connection_options(sm)

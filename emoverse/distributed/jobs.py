@@ -94,18 +94,23 @@ def follow(client, submission_id: str, write: Callable[[str], object] | None = N
     except RuntimeError as exc:  # the log stream broke off; the status still tells
         write(f"\n[emoverse] log stream ended early ({exc}); waiting for the job's status\n")
     while True:
-        info = client.get_job_info(submission_id)
-        status = str(getattr(info.status, "value", info.status))
-        if status in TERMINAL:
-            return JobOutcome(submission_id, status, info.message or "")
+        outcome = status(client, submission_id)
+        if outcome.status in TERMINAL:
+            return outcome
         time.sleep(poll)
 
 
 def status(client, submission_id: str) -> JobOutcome:
-    info = client.get_job_info(submission_id)
+    try:
+        info = client.get_job_info(submission_id)
+    except RuntimeError as exc:  # the Jobs API answers 404 for an unknown id
+        raise JobsError(f"no job {submission_id!r} on this cluster ({exc})") from None
     return JobOutcome(submission_id, str(getattr(info.status, "value", info.status)),
                       info.message or "")
 
 
 def stop(client, submission_id: str) -> bool:
-    return client.stop_job(submission_id)
+    try:
+        return client.stop_job(submission_id)
+    except RuntimeError as exc:
+        raise JobsError(f"cannot stop job {submission_id!r}: {exc}") from None

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import secrets
 import signal
 import socket
@@ -73,10 +74,23 @@ def load_cluster_spec(path: str | Path) -> LocalClusterSpec:
         raise ValueError(f"{path}: {problems}") from None
 
 
+_TAKEN: set[int] = set()
+
+
 def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A free port below Linux's ephemeral range (32768+), where the ports Ray's own
+    processes pick at random come from, so they cannot take it before its node binds."""
+    while True:
+        port = random.randrange(20000, 32000)
+        if port in _TAKEN:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("", port))
+            except OSError:
+                continue
+        _TAKEN.add(port)
+        return port
 
 
 def _ray_cli() -> str:

@@ -371,12 +371,13 @@ def token_cluster(tmp_path_factory):
     spec = tmp_path_factory.mktemp("spec") / "head.yaml"
     spec.write_text("name: submit-test\nhead: {name: head, num_cpus: 2, "
                     "object_store_memory: 300000000}\n")
-    token = state_dir / "token"
-    state = local_cluster.up(local_cluster.load_cluster_spec(spec), state_dir, token)
     try:
+        state = local_cluster.up(local_cluster.load_cluster_spec(spec), state_dir,
+                                 state_dir / "token")
         yield state
     finally:
-        local_cluster.down(state_dir)
+        if (state_dir / local_cluster.STATE_FILE).is_file():
+            local_cluster.down(state_dir)
         shutil.rmtree(state_dir, ignore_errors=True)
 
 

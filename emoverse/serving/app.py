@@ -63,12 +63,13 @@ class ModelServer:
         await self.model(model_id)
         if self.batching:
             return await self.generate_batch(job)
-        return (await asyncio.to_thread(self.engine.generate, model_id, [job]))[0]
+        return self.engine.generate(model_id, [job])[0]
 
+    # Generation blocks the replica's event loop on purpose: in a thread it would hold
+    # the GIL against the loop taking requests in, and batches would stay small.
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01)
     async def generate_batch(self, jobs: list[Job]) -> list[Generation]:
-        model_id = serve.get_multiplexed_model_id()  # one id per batch
-        return await asyncio.to_thread(self.engine.generate, model_id, jobs)
+        return self.engine.generate(serve.get_multiplexed_model_id(), jobs)
 
     async def status(self) -> dict:
         return {"loaded": self.engine.loaded, "batching": self.batching}

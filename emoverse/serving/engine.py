@@ -41,6 +41,7 @@ class Generation:
 class _Base:
     model: object  # a transformers model, or a peft model once an adapter is attached
     processor: object
+    device: str
     collate: Collator
     adapters: set[str] = field(default_factory=set)
     users: set[str] = field(default_factory=set)  # loaded model ids on this base
@@ -91,6 +92,7 @@ class Engine:
             start = time.perf_counter()
             enc = base.collate({"prompt": [j.prompt for j in jobs],
                                 "frames": [j.frames for j in jobs]})
+            enc = {k: v.to(base.device) if hasattr(v, "to") else v for k, v in enc.items()}
             budget = max(j.max_new_tokens for j in jobs)
             with _selected(base, entry):
                 new = greedy_new_tokens(base.model, enc, budget)
@@ -110,10 +112,19 @@ class Engine:
         from emoverse.model.checkpoint import load_model, load_processor
 
         processor = load_processor(path, self.trust_remote_code)
-        model = load_model(path, self.trust_remote_code).eval()
-        base = _Base(model=model, processor=processor, collate=Collator(processor, train=False))
+        device = _device()
+        model = load_model(path, self.trust_remote_code).to(device).eval()
+        base = _Base(model=model, processor=processor, device=device,
+                     collate=Collator(processor, train=False))
         self._bases[path] = base
         return base
+
+
+def _device() -> str:
+    """The replica's GPU when Serve gave it one (`model_server.num_gpus`), else the CPU."""
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def _attached(model, entry: ModelEntry):

@@ -10,6 +10,7 @@ import asyncio
 import base64
 import json
 import os
+import shutil
 import socket
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -336,7 +337,8 @@ def server(served_run, demo_set, tmp_path_factory):
 
     from emoverse.serving.app import build_app
 
-    root = demo_set.parent
+    root = tmp_path_factory.mktemp("media")  # the demo clips, and the bad ones beside them
+    shutil.copytree(demo_set.parent / "clips", root / "clips")
     outside = tmp_path_factory.mktemp("outside")
     write_clip(outside / "secret.mp4", 8, 8)
     (root / "link.mp4").symlink_to(outside / "secret.mp4")

@@ -88,7 +88,7 @@ def register(sub) -> None:
     bs.add_argument("--levels", type=positive_int, default=3,
                     help="grid points per searched weight (default 3: a 3x3 grid)")
     bs.add_argument("--asha-trials", type=positive_int,
-                    help="ASHA's trials (default: two thirds of the grid's points)")
+                    help="ASHA's trials (default: half the grid's points, rounded up)")
     bs.add_argument("--workdir", help="where to write the sweeps (default: a temp dir)")
     bs.set_defaults(func=_bench_sweep)
 

@@ -211,14 +211,21 @@ def apply_key_values(data: dict, overrides: list[str]) -> None:
         _set_path(data, key.strip(), yaml.safe_load(raw))
 
 
-def load_recipe(name_or_path: str | Path, overrides: list[str] | None = None) -> Recipe:
-    """Load a shipped recipe by name or a YAML file, applying `key=value` overrides."""
+def find_config(name_or_path: str | Path, folder: Path, file_kind: str, kind: str) -> Path:
+    """A YAML file, or the one shipped as `folder/NAME.yaml`; the error lists those shipped."""
     path = Path(name_or_path)
     if not path.is_file():
-        path = RECIPE_DIR / f"{name_or_path}.yaml"
+        path = folder / f"{name_or_path}.yaml"
     if not path.is_file():
-        raise FileNotFoundError(f"no recipe file {name_or_path!r} and no shipped recipe by that "
-                                f"name (shipped: {', '.join(shipped_recipes())})")
+        shipped = ", ".join(sorted(p.stem for p in folder.glob("*.yaml")))
+        raise FileNotFoundError(f"no {file_kind} file {name_or_path!r} and no shipped {kind} by "
+                                f"that name (shipped: {shipped})")
+    return path
+
+
+def load_recipe(name_or_path: str | Path, overrides: list[str] | None = None) -> Recipe:
+    """Load a shipped recipe by name or a YAML file, applying `key=value` overrides."""
+    path = find_config(name_or_path, RECIPE_DIR, "recipe", "recipe")
     data = yaml.safe_load(path.read_text())
     apply_key_values(data, overrides or [])
     return Recipe.model_validate(data)

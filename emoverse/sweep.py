@@ -25,7 +25,7 @@ from pathlib import Path
 import yaml
 from pydantic import Field, ValidationError, PositiveFloat, PositiveInt, model_validator
 
-from emoverse.recipe import Recipe, Strict
+from emoverse.recipe import Recipe, Strict, find_config
 
 
 class StageSpace(Strict):
@@ -106,12 +106,7 @@ def shipped_spaces() -> list[str]:
 
 def load_space(name_or_path: str | Path) -> SweepSpace:
     """A space file, or a shipped space by name (`emoverse/spaces/NAME.yaml`)."""
-    path = Path(name_or_path)
-    if not path.is_file():
-        path = SPACE_DIR / f"{name_or_path}.yaml"
-    if not path.is_file():
-        raise FileNotFoundError(f"no sweep space file {name_or_path!r} and no shipped space by "
-                                f"that name (shipped: {', '.join(shipped_spaces())})")
+    path = find_config(name_or_path, SPACE_DIR, "sweep space", "space")
     try:
         return SweepSpace.model_validate(yaml.safe_load(path.read_text()))
     except ValidationError as exc:

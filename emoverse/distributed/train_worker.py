@@ -9,10 +9,14 @@ optimiser, the schedule and the position in the epoch carry on instead of restar
 from __future__ import annotations
 
 import json
+import logging
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+# Ray Train routes a worker's print() both to stdout and to the root logger, so each
+# line reached the console twice; a logger record is shown once.
+log = logging.getLogger(__name__)
 LOOP_STATE = "loop_state.json"
 ENGINE_DIR = "engine"
 
@@ -54,7 +58,7 @@ def worker_loop(config: dict) -> None:
 
     model = apply_trainable(load_model(config["init_from"]), stage.trainable)
     if rank == 0:
-        print(f"[{stage.name}] {trainable_summary(model)}", flush=True)
+        log.info("[%s] %s", stage.name, trainable_summary(model))
     if stage.strategy.kind == "ddp":
         model = ray.train.torch.prepare_model(model)
     else:  # DeepSpeed wraps and distributes the model itself
@@ -65,8 +69,8 @@ def worker_loop(config: dict) -> None:
         with resumed.as_directory() as directory:
             engine.load(Path(directory) / ENGINE_DIR)
         if rank == 0:
-            print(f"[{stage.name}] resumed from a checkpoint at step {state.step}/{total} "
-                  f"(epoch {state.epoch + 1}, {state.epoch_step} steps in)", flush=True)
+            log.info("[%s] resumed from a checkpoint at step %d/%d (epoch %d, %d steps in)",
+                     stage.name, state.step, total, state.epoch + 1, state.epoch_step)
     resumed_at = state.step if resumed else None
     device = getattr(engine, "device", None) or ray.train.torch.get_device()
 
@@ -82,9 +86,9 @@ def worker_loop(config: dict) -> None:
     def on_log(state: LoopState, metrics: dict) -> None:
         report = progress(state, metrics)
         if rank == 0:
-            print(f"[{stage.name}] step {state.step}/{total} loss {metrics['loss']:.4f} "
-                  f"lr {metrics['lr']:.2e} {report['samples_per_second']:.0f} samples/s "
-                  f"data wait {state.data_wait_fraction:.0%}", flush=True)
+            log.info("[%s] step %d/%d loss %.4f lr %.2e %.0f samples/s data wait %.0f%%",
+                     stage.name, state.step, total, metrics["loss"], metrics["lr"],
+                     report["samples_per_second"], 100 * state.data_wait_fraction)
         ray.train.report(report)  # every worker reports at the same steps
 
     def on_checkpoint(state: LoopState, metrics: dict, final: bool) -> None:

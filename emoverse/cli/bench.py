@@ -23,7 +23,7 @@ def _bench_train(args) -> int:
 def _bench_sweep(args) -> int:
     from emoverse.benchmarks.sweep import report, run
 
-    print(report(run(args.levels, args.asha_trials, args.workdir)))
+    print(report(run(args.levels, args.asha_trials, args.workdir, args.demo_size)))
     return 0
 
 
@@ -89,6 +89,9 @@ def register(sub) -> None:
                     help="grid points per searched weight (default 3: a 3x3 grid)")
     bs.add_argument("--asha-trials", type=positive_int,
                     help="ASHA's trials (default: half the grid's points, rounded up)")
+    bs.add_argument("--demo-size", type=positive_int, default=1600,
+                    help="demo samples; 4%% of them are the validation split the objective "
+                         "is measured on (default 1600: about 80 clips)")
     bs.add_argument("--workdir", help="where to write the sweeps (default: a temp dir)")
     bs.set_defaults(func=_bench_sweep)
 

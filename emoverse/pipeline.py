@@ -43,7 +43,8 @@ def train_recipe(recipe: Recipe, run_dir: str | Path, stages: list[str] | None =
     ensure_ray()
 
     say("media stage: decoding clips and cropping faces on Ray Data")
-    cache = run_media_stage(manifest_path, recipe.media, cache_root or run.media_cache)
+    cache = run_media_stage(manifest_path, recipe.media, cache_root or run.media_cache,
+                            resources=recipe.scaling.media_resources)
     stats = json.loads((cache / "stats.json").read_text())
     say(f"media: {stats['ok']}/{stats['clips']} clips usable, face found in "
         f"{stats['face_found_rate']:.0%}, {stats['failed']} failed (see {cache}/stats.json)")

@@ -128,12 +128,36 @@ class StageConfig(Strict):
         return self
 
 
+# Where work runs, not what it computes: left out of the recipe's digest, so a run can be
+# resumed on a cluster whose node groups are named differently.
+PLACEMENT_FIELDS = {"worker_resources", "media_resources"}
+
+
 class ScalingConfig(Strict):
     num_workers: PositiveInt = 2
     use_gpu: bool = False
     cpus_per_worker: PositiveFloat = 0.5  # leaves CPU for Ray Data on small machines
     torch_threads: PositiveInt = 1
     max_failures: int = Field(3, ge=-1)  # worker-group restarts per stage (-1: unlimited)
+    # Custom Ray resources that pin work to a node group, e.g. {trainer: 1} for each Train
+    # worker and {media: 1} for each media actor, offered by `ray start --resources`
+    # (rayStartParams on KubeRay, `resources:` in cluster/local.yaml).
+    worker_resources: dict[str, PositiveFloat] = {}
+    media_resources: dict[str, PositiveFloat] = {}
+
+    @model_validator(mode="after")
+    def _custom_resources_only(self) -> "ScalingConfig":
+        for field in sorted(PLACEMENT_FIELDS):
+            builtin = sorted(set(getattr(self, field)) & {"CPU", "GPU", "memory",
+                                                          "object_store_memory"})
+            if builtin:
+                raise ValueError(f"scaling.{field} names {', '.join(builtin)}: those have "
+                                 "their own settings (cpus_per_worker, use_gpu); list only "
+                                 "custom resources here")
+        return self
+
+    def train_worker_resources(self) -> dict[str, float]:
+        return {"CPU": self.cpus_per_worker, **self.worker_resources}
 
 
 class EvalConfig(Strict):
@@ -176,7 +200,8 @@ class Recipe(Strict):
         raise KeyError(f"recipe {self.name!r} has no stage {name!r}")
 
     def digest(self) -> str:
-        return hashlib.sha256(self.model_dump_json().encode()).hexdigest()[:16]
+        text = self.model_dump_json(exclude={"scaling": PLACEMENT_FIELDS})
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def shipped_recipes() -> list[str]:

@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 from emoverse.distributed.media_stage import run_media_stage
-from emoverse.distributed.session import ensure_ray
+from emoverse.distributed.session import cluster_resources, ensure_ray
 from emoverse.distributed.tuning import trial_params, tune_sweep
 from emoverse.emt.manifest import manifest_hash, read_manifest
 from emoverse.evaluation.evaluator import answer_budget
@@ -29,13 +29,17 @@ BEST = "best-recipe.yaml"
 SHARE = " share"
 
 
-def concurrent_trials(recipe: Recipe) -> int:
-    """As many trials as the cluster's CPUs hold Train workers plus one CPU for data."""
-    import ray
-
-    cpus = ray.cluster_resources().get("CPU", 1)
-    per_trial = recipe.scaling.num_workers * recipe.scaling.cpus_per_worker + 1
-    return max(1, math.floor(cpus / per_trial))
+def concurrent_trials(recipe: Recipe, cluster: dict[str, float]) -> int:
+    """As many trials as the cluster's resources hold: each trial's Train workers (their
+    CPUs, GPUs and custom resources) plus one CPU for its data pipeline."""
+    scaling = recipe.scaling
+    need = {name: scaling.num_workers * amount
+            for name, amount in scaling.train_worker_resources().items()}
+    need["CPU"] += 1
+    if scaling.use_gpu:
+        need["GPU"] = need.get("GPU", 0) + scaling.num_workers
+    return max(1, min(math.floor(cluster.get(name, 0) / amount)
+                      for name, amount in need.items()))
 
 
 def run_sweep(recipe: Recipe, space: SweepSpace, trials: int, sweep_dir: str | Path,
@@ -52,7 +56,8 @@ def run_sweep(recipe: Recipe, space: SweepSpace, trials: int, sweep_dir: str | P
     if not (frame.split == "valid").any():
         raise ValueError(f"manifest {manifest} has no 'valid' split to optimise on")
     ensure_ray()
-    cache = run_media_stage(manifest, recipe.media, sweep.media_cache)
+    cache = run_media_stage(manifest, recipe.media, sweep.media_cache,
+                            resources=recipe.scaling.media_resources)
     fixed = {
         "recipe": recipe.model_dump(mode="json"), "space": space.model_dump(mode="json"),
         "sweep_dir": str(sweep.path), "base_model": base, "cache": str(cache),
@@ -63,7 +68,7 @@ def run_sweep(recipe: Recipe, space: SweepSpace, trials: int, sweep_dir: str | P
                        or answer_budget(frame, base, "valid"),
                        "batch_size": recipe.eval.batch_size},
     }
-    concurrent = concurrent_trials(recipe)
+    concurrent = concurrent_trials(recipe, cluster_resources())
     say(f"sweep: {trials} trials ({search} search, seed {seed}), {concurrent} at a time, "
         f"{'ASHA' if early_stopping else 'no early stopping'} over {len(recipe.stages)} "
         f"stages, under {sweep.path}")

@@ -305,6 +305,28 @@ def test_ray_jobs_set_their_lifecycle_deliberately(rendered):
     assert "sweep m2se-paper" in jobs["emoverse-sweep"]["entrypoint"]
 
 
+def test_ray_jobs_pin_the_media_stage_to_a_group_that_offers_its_resource(rendered):
+    import shlex
+
+    from emoverse.recipe import apply_overrides, load_recipe
+
+    for doc in _ray_resources(rendered):
+        if doc["kind"] != "RayJob":
+            continue
+        words = shlex.split(doc["spec"]["entrypoint"])
+        overrides = [w for w in words if w.startswith("scaling.")]
+        recipe = apply_overrides(load_recipe(words[4]), overrides)  # python -m emoverse CMD R
+        wanted = recipe.scaling.media_resources
+        assert wanted, f"{doc['metadata']['name']}: the media stage is not pinned"
+        offered = {}
+        for group in _cluster_spec(doc)["workerGroupSpecs"]:
+            # rayStartParams.resources is JSON in a string, quoted again for `ray start`
+            raw = group["rayStartParams"].get("resources")
+            offered[group["groupName"]] = json.loads(json.loads(raw)) if raw else {}
+        assert offered["cpu"].keys() >= wanted.keys(), doc["metadata"]["name"]
+        assert not offered["gpu"].keys() & wanted.keys(), doc["metadata"]["name"]
+
+
 def test_the_ray_service_serves_from_the_volume_with_its_generated_serve_config(
         rendered, tmp_path):
     import shlex
@@ -455,8 +477,42 @@ def test_submit_runs_the_quickstart_job_to_success(token_cluster, tmp_path, caps
     assert "submitting quickstart-test failed" in capsys.readouterr().err
 
 
+# A driver on the local cluster: the media stage with scaling.media_resources={media: 1};
+# each actor records the node it runs on.
+PINNED_MEDIA = """
+import json, pathlib, sys, ray
+from emoverse.distributed.media_stage import ClipProcessor, run_media_stage
+from emoverse.recipe import MediaConfig
+
+manifest, cache, marks = sys.argv[1:4]
+
+class NodeRecordingProcessor(ClipProcessor):
+    def __init__(self, media):
+        super().__init__(media)
+        (pathlib.Path(marks) / ray.get_runtime_context().get_node_id()).touch()
+
+ray.init(address=sys.argv[4])
+out = run_media_stage(manifest, MediaConfig(size=64, num_frames=4), cache,
+                      processor=NodeRecordingProcessor, resources={"media": 1})
+media_node = next(n["NodeID"] for n in ray.nodes() if n["Alive"] and "media" in n["Resources"])
+print(json.dumps({"media_node": media_node, "ok": json.loads((out / "stats.json").read_text())["ok"]}))
+"""
+
+
+def _run_pinned_media_stage(state: dict, env: dict, manifest: Path, work: Path) -> None:
+    marks = work / "marks"
+    marks.mkdir(parents=True)
+    result = subprocess.run(
+        [sys.executable, "-c", PINNED_MEDIA, str(manifest), str(work / "cache"),
+         str(marks), state["gcs_address"]], env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    done = json.loads(result.stdout.strip().splitlines()[-1])
+    assert done["ok"] > 0
+    assert [p.name for p in marks.iterdir()] == [done["media_node"]]  # every actor there
+
+
 @pytest.mark.integration
-def test_local_multinode_cluster_has_its_nodes_and_resources(tmp_path, capsys):
+def test_local_multinode_cluster_has_its_nodes_and_resources(tmp_path, capsys, demo_set):
     import requests
 
     from emoverse.distributed.local_cluster import _session_processes, read_state
@@ -481,9 +537,11 @@ def test_local_multinode_cluster_has_its_nodes_and_resources(tmp_path, capsys):
         assert "CPU" not in head  # the head schedules no work
         workers = sorted((n.get("CPU", 0), n.get("media", 0), n.get("trainer", 0))
                          for n in nodes if n is not head)
-        assert workers == [(1.0, 0, 1.0), (1.0, 1.0, 0)]
+        assert workers == [(2.0, 0, 2.0), (2.0, 2.0, 0)]
         assert {k: total[k] for k in ("CPU", "media", "trainer")} == \
-            {"CPU": 2.0, "media": 1.0, "trainer": 1.0}
+            {"CPU": 4.0, "media": 2.0, "trainer": 2.0}
+        # scaling.media_resources keeps the media stage on the node group offering them
+        _run_pinned_media_stage(state, env, demo_set, tmp_path)
         # token auth is on (a driver with a wrong token is refused too, but only after
         # about 20 s of retries)
         assert requests.get(f"{state['dashboard_url']}/api/v0/nodes", timeout=10) \

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from emoverse.distributed.session import cluster_resources
 from emoverse.emt.manifest import manifest_hash, read_manifest
 from emoverse.media.cache import (CLIPS, DONE, ERRORS, PARAMS, cache_stats, clip_files,
                                    write_error_report)
@@ -73,17 +74,29 @@ def cache_key(manifest: str | Path, media: MediaConfig) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+def pool_size(cluster: dict[str, float], resources: dict[str, float] | None = None) -> int:
+    """Media actors for a cluster's resource totals: one per CPU, or as many as the nodes
+    offering the custom `resources` hold. None of those nodes up yet (an autoscaling
+    group at zero) still gives one actor, whose request makes the autoscaler add a node."""
+    if not resources:
+        return max(1, int(cluster.get("CPU", 1)))
+    return max(1, min(int(cluster.get(name, 0) // amount) for name, amount in resources.items()))
+
+
 def run_media_stage(manifest: str | Path, media: MediaConfig, cache_root: str | Path,
-                    num_actors: int | None = None, processor: type = ClipProcessor) -> Path:
-    """Process every clip of `manifest` once (or reuse the cache) and return its directory."""
+                    num_actors: int | None = None, processor: type = ClipProcessor,
+                    resources: dict[str, float] | None = None) -> Path:
+    """Process every clip of `manifest` once (or reuse the cache) and return its directory.
+
+    `resources` are custom Ray resources each actor requests, to keep the stage on a node
+    group (`scaling.media_resources`); they are not part of the cache key."""
     import ray
 
     read_manifest(manifest)  # validate before spending any compute
     out = Path(cache_root) / cache_key(manifest, media)
     if (out / DONE).is_file():
         return out
-    cpus = int(ray.cluster_resources().get("CPU", 1))
-    actors = num_actors or max(1, cpus)
+    actors = num_actors or pool_size(cluster_resources(), resources)
     columns = PASS_THROUGH + ["media_path", "media_start", "media_end", "peak_frame"]
     ds = ray.data.read_parquet(str(manifest)).select_columns(columns).repartition(
         target_num_rows_per_block=32)
@@ -93,7 +106,8 @@ def run_media_stage(manifest: str | Path, media: MediaConfig, cache_root: str | 
     # for actor pools (max_restarts=-1, max_task_retries=-1), tested in test_media_stage.
     ds = ds.map_batches(processor, fn_constructor_kwargs={"media": media.model_dump()},
                         compute=ray.data.ActorPoolStrategy(size=actors),
-                        batch_size=16, batch_format="numpy", num_cpus=0.5)
+                        batch_size=16, batch_format="numpy", num_cpus=0.5,
+                        resources=dict(resources or {}))
     tmp = out.with_name(out.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)  # left by an interrupted run
     ds.write_parquet(str(tmp / CLIPS))

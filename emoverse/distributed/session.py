@@ -17,3 +17,10 @@ def ensure_ray(num_cpus: int | None = None) -> None:
     # One overall progress line per dataset; per-operator bars swamp a log file.
     ctx = ray.data.DataContext.get_current()
     ctx.enable_operator_progress_bars = False
+
+
+def cluster_resources() -> dict[str, float]:
+    """The connected cluster's resource totals (CPU, GPU, custom), as Ray counts them."""
+    import ray
+
+    return ray.cluster_resources()

@@ -132,7 +132,7 @@ def fit_stage(stage: StageConfig, cache_dir: str | Path, init_from: str | Path,
             "validate": validation is not None,
         },
         scaling_config=RayScaling(num_workers=scaling.num_workers, use_gpu=scaling.use_gpu,
-                                  resources_per_worker={"CPU": scaling.cpus_per_worker}),
+                                  resources_per_worker=scaling.train_worker_resources()),
         datasets={"train": ds},
         validation_config=ValidationConfig(
             fn=validate_checkpoint, task_config=ValidationTaskConfig(fn_kwargs=validation),

@@ -49,8 +49,12 @@ def prefix_key(parent_key: str, stage_json: str) -> str:
     return hashlib.sha256(f"{parent_key}|{stage_json}".encode()).hexdigest()[:16]
 
 
-def run_trial(config: dict) -> None:
-    """Tune function: train the trial's recipe stage by stage, reporting the objective."""
+def run_trial(config: dict, fixed: dict) -> None:
+    """Tune function: train the trial's recipe stage by stage, reporting the objective.
+
+    `config` holds only the sampled parameters; what every trial shares (`fixed`: the
+    recipe, space, paths) comes through `tune.with_parameters`, so Tune's trial table,
+    progress lines and saved configs stay the size of the search space."""
     from ray import tune
 
     from emoverse.distributed.training import fit_stage
@@ -58,7 +62,6 @@ def run_trial(config: dict) -> None:
     from emoverse.model.checkpoint import read_lineage
     from emoverse.rundir import RunDir
 
-    fixed = config["fixed"]
     base = Recipe.model_validate(fixed["recipe"])
     space = SweepSpace.model_validate(fixed["space"])
     recipe = apply_overrides(base, trial_overrides(base, space, trial_params(config)))
@@ -86,7 +89,7 @@ def run_trial(config: dict) -> None:
 
 def trial_params(config: dict) -> dict:
     """A trial's sampled parameters under their `{stage}/{key}` names."""
-    return {k.replace(":", "/"): v for k, v in config.items() if k != "fixed"}
+    return {k.replace(":", "/"): v for k, v in config.items()}
 
 
 def searcher(search: str, points: list[dict], seed: int, concurrent: int):
@@ -111,17 +114,19 @@ def tune_sweep(recipe: Recipe, space: SweepSpace, trials: int, sweep_dir: Path, 
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
-    trainable = tune.with_resources(run_trial, {"cpu": 0.01})  # its stages reserve theirs
+    shared = json.loads(json.dumps(fixed, default=str))
+    trainable = tune.with_resources(tune.with_parameters(run_trial, fixed=shared),
+                                    {"cpu": 0.01})  # its stages reserve their own
     storage = sweep_dir / "tune"
     if tune.Tuner.can_restore(str(storage / "sweep")):  # an interrupted sweep resumes
         print(f"sweep: resuming the Tune experiment under {storage / 'sweep'}", flush=True)
         tuner = tune.Tuner.restore(str(storage / "sweep"), trainable=trainable,
-                                   resume_errored=True, param_space=_params(space, fixed))
+                                   resume_errored=True)
         return tuner.fit()
     scheduler = ASHAScheduler(time_attr="training_iteration", max_t=len(recipe.stages),
                               grace_period=1, reduction_factor=2) if early_stopping else None
     tuner = tune.Tuner(
-        trainable, param_space=_params(space, fixed),
+        trainable, param_space=search_space(space),
         tune_config=tune.TuneConfig(metric="objective", mode="max", num_samples=trials,
                                     search_alg=searcher(search, points or [], seed, concurrent),
                                     scheduler=scheduler, max_concurrent_trials=concurrent,
@@ -131,13 +136,10 @@ def tune_sweep(recipe: Recipe, space: SweepSpace, trials: int, sweep_dir: Path, 
 
 
 def _trial_dirname(trial) -> str:
-    # Tune's default name lists the config, which holds the whole recipe here.
+    # Tune's default name lists every sampled value, with long float reprs.
     return f"trial_{trial.trial_id}"
 
 
 def _tune_points(points: list[dict]) -> list[dict] | None:
     return [{tune_key(k): v for k, v in p.items()} for p in points] or None
 
-
-def _params(space: SweepSpace, fixed: dict) -> dict:
-    return {**search_space(space), "fixed": json.loads(json.dumps(fixed, default=str))}

@@ -498,6 +498,27 @@ media_node = next(n["NodeID"] for n in ray.nodes() if n["Alive"] and "media" in 
 print(json.dumps({"media_node": media_node, "ok": json.loads((out / "stats.json").read_text())["ok"]}))
 """
 
+# Ray Train workers under scaling.worker_resources={trainer: 1}, as fit_stage scales them;
+# each records the node it runs on.
+PINNED_TRAIN = """
+import json, pathlib, sys, ray
+from ray.train import RunConfig
+from ray.train.torch import TorchTrainer
+from emoverse.distributed.training import ray_scaling
+from emoverse.recipe import ScalingConfig
+
+marks, storage = sys.argv[1:3]
+
+def record_node(config):
+    (pathlib.Path(config["marks"]) / ray.get_runtime_context().get_node_id()).touch()
+
+ray.init(address=sys.argv[3])
+scaling = ScalingConfig(num_workers=2, worker_resources={"trainer": 1})
+TorchTrainer(record_node, train_loop_config={"marks": marks}, scaling_config=ray_scaling(scaling),
+             run_config=RunConfig(storage_path=storage)).fit()
+print(next(n["NodeID"] for n in ray.nodes() if n["Alive"] and "trainer" in n["Resources"]))
+"""
+
 
 def _run_pinned_media_stage(state: dict, env: dict, manifest: Path, work: Path) -> None:
     marks = work / "marks"
@@ -509,6 +530,17 @@ def _run_pinned_media_stage(state: dict, env: dict, manifest: Path, work: Path) 
     done = json.loads(result.stdout.strip().splitlines()[-1])
     assert done["ok"] > 0
     assert [p.name for p in marks.iterdir()] == [done["media_node"]]  # every actor there
+
+
+def _run_pinned_train_workers(state: dict, env: dict, work: Path) -> None:
+    marks = work / "train-marks"
+    marks.mkdir(parents=True)
+    result = subprocess.run(
+        [sys.executable, "-c", PINNED_TRAIN, str(marks), str(work / "ray"), state["gcs_address"]],
+        env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    trainer_node = result.stdout.strip().splitlines()[-1]
+    assert [p.name for p in marks.iterdir()] == [trainer_node]  # both workers there
 
 
 @pytest.mark.integration
@@ -542,6 +574,7 @@ def test_local_multinode_cluster_has_its_nodes_and_resources(tmp_path, capsys, d
             {"CPU": 4.0, "media": 2.0, "trainer": 2.0}
         # scaling.media_resources keeps the media stage on the node group offering them
         _run_pinned_media_stage(state, env, demo_set, tmp_path)
+        _run_pinned_train_workers(state, env, tmp_path)  # and scaling.worker_resources
         # token auth is on (a driver with a wrong token is refused too, but only after
         # about 20 s of retries)
         assert requests.get(f"{state['dashboard_url']}/api/v0/nodes", timeout=10) \

@@ -72,6 +72,14 @@ def total_steps(stage: StageConfig, per_epoch: int) -> int:
     return min(per_epoch * stage.epochs, stage.max_steps or per_epoch * stage.epochs)
 
 
+def ray_scaling(scaling: ScalingConfig):
+    """Ray Train's ScalingConfig for a recipe's: workers, GPUs and each worker's resources."""
+    from ray.train import ScalingConfig as RayScaling
+
+    return RayScaling(num_workers=scaling.num_workers, use_gpu=scaling.use_gpu,
+                      resources_per_worker=scaling.train_worker_resources())
+
+
 def validate_checkpoint(checkpoint, **kwargs) -> dict:
     """Ray Train validation task: `emoverse.evaluation.validation.validate` on a checkpoint."""
     from emoverse.evaluation.validation import validate
@@ -95,7 +103,6 @@ def fit_stage(stage: StageConfig, cache_dir: str | Path, init_from: str | Path,
     import ray.data
     from ray.train import (CheckpointConfig, FailureConfig, RunConfig, ValidationConfig,
                            ValidationTaskConfig)
-    from ray.train import ScalingConfig as RayScaling
     from ray.train.torch import TorchTrainer
     from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
@@ -131,8 +138,7 @@ def fit_stage(stage: StageConfig, cache_dir: str | Path, init_from: str | Path,
             "lineage": {**lineage, "stage": stage.name, "mixture_seen": seen},
             "validate": validation is not None,
         },
-        scaling_config=RayScaling(num_workers=scaling.num_workers, use_gpu=scaling.use_gpu,
-                                  resources_per_worker=scaling.train_worker_resources()),
+        scaling_config=ray_scaling(scaling),
         datasets={"train": ds},
         validation_config=ValidationConfig(
             fn=validate_checkpoint, task_config=ValidationTaskConfig(fn_kwargs=validation),

@@ -23,8 +23,8 @@ from emoverse.sweep import SweepSpace
 S1 = "stage1-multitask-pretraining"
 RANGE = (0.1, 1.0)
 # A budget that learns something in about a minute per trial on 2 cores. The demo set's
-# size sets the validation split (4%): 1600 samples give about 80 validation clips, and
-# fewer make the objective jump by whole points. Training sees the same samples whatever it is.
+# size sets the validation split (4%): 1600 samples give 64 validation clips, and fewer
+# make the objective jump by whole points. Training sees the same samples whatever it is.
 DEMO_SIZE = 1600
 SHORT = ["eval.batch_size=64", "stages.0.epochs=2",
          "stages.0.epoch_size=1600", "stages.0.log_every=100", "stages.1.epochs=1",
@@ -58,12 +58,13 @@ def one_search(recipe: Recipe, space: SweepSpace, trials: int, out: Path, asha: 
 
 
 def run(levels: int, asha_trials: int | None, workdir: str | None,
-        demo_size: int = DEMO_SIZE) -> dict:
+        demo_size: int | None = None) -> dict:
     from emoverse.distributed.session import ensure_ray
 
     if levels < 2:
         raise ValueError(f"--levels must be at least 2 (got {levels})")
     root = Path(workdir or tempfile.mkdtemp(prefix="emoverse-bench-sweep-"))
+    demo_size = demo_size or DEMO_SIZE
     recipe = bench_recipe(demo_size)
     grid = grid_space(levels)
     # Half as many trials as grid points: every trial stopped after stage 1 saves the

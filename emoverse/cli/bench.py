@@ -89,9 +89,9 @@ def register(sub) -> None:
                     help="grid points per searched weight (default 3: a 3x3 grid)")
     bs.add_argument("--asha-trials", type=positive_int,
                     help="ASHA's trials (default: half the grid's points, rounded up)")
-    bs.add_argument("--demo-size", type=positive_int, default=1600,
+    bs.add_argument("--demo-size", type=positive_int,
                     help="demo samples; 4%% of them are the validation split the objective "
-                         "is measured on (default 1600: about 80 clips)")
+                         "is measured on (default 1600: 64 clips)")
     bs.add_argument("--workdir", help="where to write the sweeps (default: a temp dir)")
     bs.set_defaults(func=_bench_sweep)
 

@@ -230,3 +230,31 @@ def test_ecpe_scores_deliberately_wrong_pairs_hand_computed():
     assert s["f1_joy"] == pytest.approx(3 / 8)
     assert s["f1_disgust"] == s["f1_fear"] == 0.0
     assert s["weighted_f1"] == pytest.approx(8 / 18 * 4 / 8 + 8 / 18 * 3 / 8)
+
+
+@pytest.mark.parametrize("name", TASK_NAMES)
+def test_each_task_owns_its_answer_shape_budget_and_inputs(name):
+    from emoverse.serving.config import DEFAULT_BUDGETS
+    from emoverse.serving.schemas import StructuredAnswer
+
+    task = get_task(name)
+    fields = task.answer_fields(PARSED[name])
+    assert fields and set(StructuredAnswer(**fields).model_dump()) == set(fields)
+    assert DEFAULT_BUDGETS[name] == task.answer_budget > 0
+    assert task.needs_conversation == (name == "ecpe")
+    assert bool(task.classes) == (name in ("msa", "mer"))  # reports draw their confusion
+
+
+def test_stats_count_each_task_by_its_own_label_summary():
+    import pandas as pd
+
+    from emoverse.emt.build import stats
+
+    rows = pd.DataFrame({
+        "task": ["msa", "fer", "ecpe", "ecpe", "eri"], "source": ["t"] * 5,
+        "split": ["train"] * 5, "target": ["Positive.", "Cheeks raised.", "", "2_joy,1", "x"],
+        "label_class": ["positive", None, None, None, None],
+        "label_pairs": [None, None, [], [{"emotion_utterance": 2}], None]})
+    text = stats(rows)
+    assert "msa: positive 1" in text and "fer: Cheeks raised. 1" in text
+    assert "ecpe: no pairs 1, pairs 1" in text and "eri: - 1" in text and "total: 5" in text

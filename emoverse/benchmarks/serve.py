@@ -25,6 +25,7 @@ import numpy as np
 
 from emoverse.recipe import MediaConfig, load_recipe
 from emoverse.serving.config import ServeArgs
+from emoverse.tasks import TASK_NAMES, get_task
 
 
 def request_bodies(manifest_path: Path, clips_root: Path) -> list[dict]:
@@ -35,7 +36,7 @@ def request_bodies(manifest_path: Path, clips_root: Path) -> list[dict]:
     bodies = []
     for _, row in rows.iterrows():
         body = {"task": row.task, "video_path": str(Path(row.media_path).relative_to(clips_root))}
-        if row.task == "ecpe":
+        if get_task(row.task).needs_conversation:
             body.update(conversation=[dict(u) for u in row.context],
                         target_utterance=int(row.target_utterance))
         elif row.transcript:
@@ -48,7 +49,7 @@ def bench_args(model: str, media_root: Path, batching: bool, clients: int,
                new_tokens: int, media: MediaConfig | None) -> ServeArgs:
     return ServeArgs(
         model=model, media_root=str(media_root), media=media,
-        max_new_tokens={t: new_tokens for t in ("msa", "mer", "fer", "eri", "ecpe")},
+        max_new_tokens={t: new_tokens for t in TASK_NAMES},
         batching={"enabled": batching, "max_batch_size": clients},
         model_server={"num_cpus": 1, "autoscaling": None, "max_ongoing_requests": 2 * clients,
                       "max_queued_requests": -1},

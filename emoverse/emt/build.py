@@ -20,6 +20,7 @@ from emoverse.emt.sources import ecf, meld, mmsa
 from emoverse.emt.sources.common import Conversion, Rejection, SourceError
 from emoverse.emt.sources.openface import add_fer
 from emoverse.emt.sources.rationales import add_eri
+from emoverse.tasks import get_task
 
 SOURCES = ("mosei", "mosi", "sims", "meld", "ecf")
 DEFAULT_INPUTS = {"meld": "*sent_emo*.csv", "ecf": "*.json"}
@@ -104,19 +105,14 @@ def build(opts: BuildOptions, out: str | Path) -> tuple[Path, Conversion]:
 
 
 def stats(manifest: pd.DataFrame) -> str:
-    """Counts per task/source/split, and per label for classification tasks."""
-    lines = ["samples per task, source and split:"]
-    counts = manifest.groupby(["task", "source", "split"]).size()
-    lines += [f"  {t:5s} {s:8s} {sp:6s} {n:7d}" for (t, s, sp), n in counts.items()]
-    lines.append("labels:")
+    """Counts per task/source/split, and per label (`Task.label_summary`) for each task."""
+    from tabulate import tabulate
+
+    counts = manifest.groupby(["task", "source", "split"]).size().reset_index(name="samples")
+    lines = ["samples per task, source and split:",
+             tabulate(counts.values.tolist(), headers=list(counts.columns)), "labels:"]
     for task, group in manifest.groupby("task"):
-        if task == "ecpe":
-            labels = Counter("pairs" if p is not None and len(p) else "no pairs"
-                             for p in group.label_pairs)
-        elif task == "fer":
-            labels = Counter(group.target)
-        else:
-            labels = Counter(group.label_class.fillna("-"))
+        labels = Counter(get_task(task).label_summary(row) for row in group.to_dict("records"))
         body = ", ".join(f"{k} {v}" for k, v in labels.most_common())
         lines.append(f"  {task}: {body}")
     lines.append(f"total: {len(manifest)}")

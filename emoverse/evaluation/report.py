@@ -1,7 +1,7 @@
 """An evaluation's report: per-sample predictions, metrics.json and figures. No Ray.
 
 Figures are what a person looks at first: confusion matrices of the classification tasks
-(MSA, MER) and per-task bars of the primary metric against the majority baseline and,
+(those with `Task.classes`: MSA, MER) and per-task bars of the primary metric against the majority baseline and,
 when given, a previous evaluation.
 """
 
@@ -16,7 +16,6 @@ import pandas as pd
 from emoverse.figures import pyplot
 from emoverse.tasks import TASK_NAMES, get_task
 
-CONFUSION_TASKS = ("msa", "mer")
 METRICS = "metrics.json"
 PREDICTIONS = "predictions.parquet"
 
@@ -41,8 +40,8 @@ def write_report(out: str | Path, metrics: dict, predictions: pd.DataFrame,
     tmp.mkdir(parents=True)
     parsed_predictions(manifest, predictions).to_parquet(tmp / PREDICTIONS, index=False)
     (tmp / METRICS).write_text(json.dumps(metrics, indent=2, sort_keys=True, default=float))
-    for task in CONFUSION_TASKS:
-        if task in metrics["tasks"]:
+    for task in metrics["tasks"]:
+        if get_task(task).classes:
             write_confusion(tmp / f"confusion_{task}.png", task, manifest, predictions)
     write_bars(tmp / "metrics.png", metrics, previous)
     shutil.rmtree(out, ignore_errors=True)

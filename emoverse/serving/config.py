@@ -16,12 +16,12 @@ import yaml
 from pydantic import Field, PositiveFloat, PositiveInt, field_validator, model_validator
 
 from emoverse.recipe import MediaConfig, Strict, apply_key_values
-from emoverse.tasks import TASK_NAMES
+from emoverse.tasks import TASK_NAMES, get_task
 
 IMPORT_PATH = "emoverse.serving.app:build_app"
-# Answer budgets per task: the longest answers are ERI explanations and ECPE pair lists.
-# A trained model stops at its end-of-turn token long before these.
-DEFAULT_BUDGETS = {"msa": 8, "mer": 8, "fer": 24, "eri": 96, "ecpe": 48}
+# Each task's answer budget (`Task.answer_budget`); a trained model stops at its
+# end-of-turn token long before it.
+DEFAULT_BUDGETS = {name: get_task(name).answer_budget for name in TASK_NAMES}
 
 
 class Autoscaling(Strict):

@@ -17,7 +17,7 @@ from emoverse.serving.catalog import Catalog, build_catalog
 from emoverse.serving.config import ServeArgs
 from emoverse.serving.engine import Generation, Job
 from emoverse.serving.errors import ServingError
-from emoverse.serving.schemas import (AnalyzeRequest, AnalyzeResponse, ModelCard, Pair,
+from emoverse.serving.schemas import (AnalyzeRequest, AnalyzeResponse, ModelCard,
                                       StructuredAnswer, Timing, Usage)
 from emoverse.serving.videos import ServedClip, VideoRef, VideoSource
 from emoverse.tasks import TASK_NAMES, Answer, get_task
@@ -117,7 +117,7 @@ class Service:
                       model_id: str) -> AnalyzeResponse:
         start = time.perf_counter()
         budget = self.budget(req.task)
-        field = "conversation" if req.task == "ecpe" else "transcript"
+        field = "conversation" if get_task(req.task).needs_conversation else "transcript"
         out = await self.run(model_id, req.prompt(), video, budget, field)
         answer = get_task(req.task).parse(out.generation.text)
         return AnalyzeResponse(
@@ -142,19 +142,7 @@ def timing(out: Outcome, start: float) -> Timing:
 
 def structured(task: str, answer: Answer) -> StructuredAnswer | None:
     """The task's parsed value in the response's shape; None when it did not parse."""
-    if not answer.ok:
-        return None
-    value = answer.value
-    if task in ("msa", "mer"):
-        return StructuredAnswer(label=value)
-    if task == "fer":
-        return StructuredAnswer(labels=list(value))
-    if task == "eri":
-        return StructuredAnswer(text=value["text"], emotion=value["emotion"])
-    if task == "ecpe":
-        return StructuredAnswer(pairs=[Pair(utterance=u, emotion=e, cause=c)
-                                       for u, e, c in value])
-    raise KeyError(f"no answer shape for task {task!r}")
+    return StructuredAnswer(**get_task(task).answer_fields(answer.value)) if answer.ok else None
 
 
 def task_of_prompt(prompt: str) -> str | None:

@@ -49,16 +49,17 @@ class TaskInput(Body):
 
     @model_validator(mode="after")
     def _inputs_of_task(self) -> "TaskInput":
-        if self.task == "ecpe":
+        task = get_task(self.task)
+        if task.needs_conversation:
             if not self.conversation:
-                raise ValueError("task ecpe needs `conversation` (a list of {speaker, text, "
-                                 "emotion})")
+                raise ValueError(f"task {self.task} needs `conversation` (a list of {{speaker, "
+                                 "text, emotion}})")
             if self.target_utterance is None:
                 self.target_utterance = len(self.conversation)
             if self.target_utterance > len(self.conversation):
                 raise ValueError(f"target_utterance {self.target_utterance} is beyond the "
                                  f"conversation's {len(self.conversation)} utterances")
-        elif get_task(self.task).speech_in_prompt and not (self.transcript or "").strip():
+        elif task.speech_in_prompt and not (self.transcript or "").strip():
             raise ValueError(f"task {self.task} needs `transcript` (what the person says)")
         return self
 

@@ -53,7 +53,12 @@ class Task(ABC):
     tag: ClassVar[str]  # the paper's task tag, e.g. "<sentiment>"
     instruction: ClassVar[str]
     primary_metric: ClassVar[str]  # the key of `score()` that sweeps and tables use
+    answer_budget: ClassVar[int]  # new tokens a served answer may take (its longest, plus margin)
     speech_in_prompt: ClassVar[bool] = True  # FER looks at the face only
+    # The prompt is built from a conversation and a target utterance (ECPE), not a transcript.
+    needs_conversation: ClassVar[bool] = False
+    # A classification task's classes: reports draw its confusion matrix.
+    classes: ClassVar[tuple[str, ...]] = ()
 
     def prompt(self, transcript: str = "", context: Sequence[Mapping] | None = None,
                target_utterance: int | None = None) -> str:
@@ -80,6 +85,15 @@ class Task(ABC):
     def score(self, golds: Sequence[Any], answers: Sequence[Answer]) -> dict[str, float]:
         """Metrics over paired golds and parsed answers (unparseable answers count as wrong)."""
 
+    @abstractmethod
+    def answer_fields(self, value: Any) -> dict[str, Any]:
+        """A parsed answer's value as the serving API's JSON fields (`label`, `pairs`, ...)."""
+
+    def label_summary(self, row: Mapping) -> str:
+        """What `emoverse emt stats` counts a manifest row's label as."""
+        label = row.get("label_class")
+        return "-" if label is None or label != label else str(label)  # None or NaN: no label
+
     def baseline(self, train_golds: Sequence[Any], eval_golds: Sequence[Any]) -> list[Any]:
         """Majority-class predictions for the evaluation set, learnt from training golds."""
         majority = most_common(train_golds)
@@ -103,8 +117,7 @@ def unparsed_rate(answers: Sequence[Answer]) -> float:
     return sum(not a.ok for a in answers) / len(answers) if answers else 0.0
 
 
-def classification_scores(golds: Sequence[str], answers: Sequence[Answer],
-                          labels: Sequence[str]) -> dict[str, float]:
+def classification_scores(golds: Sequence[str], answers: Sequence[Answer]) -> dict[str, float]:
     """Accuracy and weighted F1 with sklearn; an unparsed answer is its own wrong class."""
     from sklearn.metrics import accuracy_score, f1_score
 

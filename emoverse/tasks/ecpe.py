@@ -33,6 +33,8 @@ class CausePairTask(Task):
     instruction = ("List the emotion-cause pairs of the target utterance as "
                    "utterance_emotion,cause_utterance separated by ; (empty if none).")
     primary_metric = "weighted_f1"
+    answer_budget = 48
+    needs_conversation = True
 
     def prompt(self, transcript: str = "", context: Sequence[Mapping] | None = None,
                target_utterance: int | None = None) -> str:
@@ -89,6 +91,13 @@ class CausePairTask(Task):
             w_f1 += f_e * weights[emotion] / n_gold if n_gold else 0.0
         scores.update(weighted_f1=w_f1, unparsed=unparsed_rate(answers), n=float(len(golds)))
         return scores
+
+    def answer_fields(self, value: Sequence[Pair]) -> dict:
+        return {"pairs": [{"utterance": u, "emotion": e, "cause": c} for u, e, c in value]}
+
+    def label_summary(self, row: Mapping) -> str:
+        pairs = row.get("label_pairs")
+        return "pairs" if pairs is not None and len(pairs) else "no pairs"
 
     def baseline(self, train_golds: Sequence[Any], eval_golds: Sequence[Any]) -> list[Any]:
         """Every emotional target caused by the utterance at the most common offset."""

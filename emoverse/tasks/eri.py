@@ -37,6 +37,7 @@ class ReasonTask(Task):
     tag = "<reason>"
     instruction = "What emotion does the person feel, and why? Explain briefly."
     primary_metric = "emotion_accuracy"
+    answer_budget = 96
 
     def format_answer(self, gold: Mapping) -> str:
         return gold["text"]
@@ -63,6 +64,9 @@ class ReasonTask(Task):
             "unparsed": unparsed_rate(answers),
             "n": float(len(golds)),
         }
+
+    def answer_fields(self, value: Mapping) -> dict:
+        return {"text": value["text"], "emotion": value["emotion"]}
 
     def baseline(self, train_golds: Sequence[Any], eval_golds: Sequence[Any]) -> list[Any]:
         text = most_common([g["text"] for g in train_golds])

@@ -32,7 +32,8 @@ AU_PHRASES = {
     "AU45": "Blinking",
 }
 NEUTRAL_PHRASE = "Neutral face"
-_KNOWN = {normalize(p): p for p in [*AU_PHRASES.values(), NEUTRAL_PHRASE]}
+PHRASES = (*AU_PHRASES.values(), NEUTRAL_PHRASE)
+_KNOWN = {normalize(p): p for p in PHRASES}
 
 
 class ExpressionTask(Task):
@@ -41,6 +42,7 @@ class ExpressionTask(Task):
     tag = "<expression>"
     instruction = "Describe the facial actions of the person in the video."
     primary_metric = "f1"
+    answer_budget = 24
     speech_in_prompt = False
 
     def format_answer(self, gold: tuple[str, ...]) -> str:
@@ -62,26 +64,31 @@ class ExpressionTask(Task):
         return answer.value
 
     def score(self, golds: Sequence[Any], answers: Sequence[Answer]) -> dict[str, float]:
+        """Exact-set accuracy, and micro P/R/F1 over phrases (sklearn, multi-label)."""
+        from sklearn.metrics import accuracy_score, precision_recall_fscore_support
+        from sklearn.preprocessing import MultiLabelBinarizer
+
         if not golds:
             return {}
-        tp = fp = fn = 0
-        exact = 0
-        for gold, ans in zip(golds, answers):
-            pred = set(ans.value) if ans.ok else set()
-            tp += len(pred & set(gold))
-            fp += len(pred - set(gold))
-            fn += len(set(gold) - pred)
-            exact += pred == set(gold)
-        p = tp / (tp + fp) if tp + fp else 0.0
-        r = tp / (tp + fn) if tp + fn else 0.0
+        binarize = MultiLabelBinarizer(classes=PHRASES).fit([])
+        gold = binarize.transform([set(g) for g in golds])
+        pred = binarize.transform([set(a.value) if a.ok else set() for a in answers])
+        p, r, f, _ = precision_recall_fscore_support(gold, pred, average="micro",
+                                                     zero_division=0)
         return {
-            "accuracy": exact / len(golds),
-            "precision": p,
-            "recall": r,
-            "f1": 2 * p * r / (p + r) if p + r else 0.0,
+            "accuracy": float(accuracy_score(gold, pred)),  # subset accuracy: the exact set
+            "precision": float(p),
+            "recall": float(r),
+            "f1": float(f),
             "unparsed": unparsed_rate(answers),
             "n": float(len(golds)),
         }
+
+    def answer_fields(self, value: tuple[str, ...]) -> dict:
+        return {"labels": list(value)}
+
+    def label_summary(self, row: Mapping) -> str:
+        return str(row["target"])
 
     def baseline(self, train_golds: Sequence[Any], eval_golds: Sequence[Any]) -> list[Any]:
         majority = most_common([tuple(g) for g in train_golds])

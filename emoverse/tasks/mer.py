@@ -15,6 +15,8 @@ class EmotionTask(Task):
     instruction = ("Which emotion does the person in the video show? Answer one of anger, "
                    "disgust, fear, joy, neutral, sadness, surprise.")
     primary_metric = "weighted_f1"
+    answer_budget = 8
+    classes = EMOTIONS
 
     def format_answer(self, gold: str) -> str:
         return f"{gold.capitalize()}."
@@ -29,7 +31,10 @@ class EmotionTask(Task):
         return label
 
     def score(self, golds: Sequence[Any], answers: Sequence[Answer]) -> dict[str, float]:
-        return classification_scores(golds, answers, EMOTIONS)
+        return classification_scores(golds, answers)
+
+    def answer_fields(self, value: str) -> dict:
+        return {"label": value}
 
 
 TASK = EmotionTask()

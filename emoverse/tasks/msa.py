@@ -42,6 +42,8 @@ class SentimentTask(Task):
     tag = "<sentiment>"
     instruction = "What is the sentiment of the person in the video? Answer Positive or Negative."
     primary_metric = "accuracy"
+    answer_budget = 8
+    classes = CLASSES
 
     def format_answer(self, gold: str) -> str:
         return f"{gold.capitalize()}."
@@ -57,7 +59,7 @@ class SentimentTask(Task):
         return Sentiment(label, None if score is None or score != score else float(score))
 
     def score(self, golds: Sequence[Any], answers: Sequence[Answer]) -> dict[str, float]:
-        scores = classification_scores(golds, answers, CLASSES)
+        scores = classification_scores(golds, answers)
         for c in CLASSES:  # per-class accuracy (recall), as the paper reports it
             idx = [i for i, g in enumerate(golds) if g == c]
             if idx:
@@ -68,6 +70,9 @@ class SentimentTask(Task):
             if value is not None:
                 scores[name] = value
         return scores
+
+    def answer_fields(self, value: str) -> dict:
+        return {"label": value}
 
 
 TASK = SentimentTask()

@@ -10,18 +10,16 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, model_validator
+from pydantic import Field, PositiveFloat, PositiveInt, model_validator
 
+from emoverse.config_file import (Strict, apply_key_values, find_config, load_config, shipped,
+                                  validated)
 from emoverse.tasks import TASK_NAMES
 
 RECIPE_DIR = Path(__file__).parent / "recipes"
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class MediaConfig(Strict):
@@ -205,62 +203,20 @@ class Recipe(Strict):
 
 
 def shipped_recipes() -> list[str]:
-    return sorted(p.stem for p in RECIPE_DIR.glob("*.yaml"))
-
-
-def _set_path(data: dict, dotted: str, value: Any) -> None:
-    """Apply one `a.b.0.c=value` override; list indices and stage names both work."""
-    keys = dotted.split(".")
-    node: Any = data
-    for key in keys[:-1]:
-        if isinstance(node, list):
-            node = node[int(key)] if key.isdigit() else next(
-                (s for s in node if isinstance(s, dict) and s.get("name") == key), None)
-            if node is None:
-                raise KeyError(f"override {dotted!r}: no list entry named {key!r}")
-        else:
-            node = node.setdefault(key, {})
-    last = keys[-1]
-    if isinstance(node, list):
-        node[int(last)] = value
-    else:
-        node[last] = value
-
-
-def apply_key_values(data: dict, overrides: list[str]) -> None:
-    """Apply `key=value` overrides (values parsed as YAML) to recipe data in place."""
-    for item in overrides:
-        if "=" not in item:
-            raise ValueError(f"override {item!r} is not of the form key=value")
-        key, raw = item.split("=", 1)
-        _set_path(data, key.strip(), yaml.safe_load(raw))
-
-
-def find_config(name_or_path: str | Path, folder: Path, file_kind: str, kind: str) -> Path:
-    """A YAML file, or the one shipped as `folder/NAME.yaml`; the error lists those shipped."""
-    path = Path(name_or_path)
-    if not path.is_file():
-        path = folder / f"{name_or_path}.yaml"
-    if not path.is_file():
-        shipped = ", ".join(sorted(p.stem for p in folder.glob("*.yaml")))
-        raise FileNotFoundError(f"no {file_kind} file {name_or_path!r} and no shipped {kind} by "
-                                f"that name (shipped: {shipped})")
-    return path
+    return shipped(RECIPE_DIR)
 
 
 def load_recipe(name_or_path: str | Path, overrides: list[str] | None = None) -> Recipe:
     """Load a shipped recipe by name or a YAML file, applying `key=value` overrides."""
-    path = find_config(name_or_path, RECIPE_DIR, "recipe", "recipe")
-    data = yaml.safe_load(path.read_text())
-    apply_key_values(data, overrides or [])
-    return Recipe.model_validate(data)
+    return load_config(find_config(name_or_path, RECIPE_DIR, "recipe"), Recipe, "recipe",
+                       overrides or [])
 
 
 def apply_overrides(recipe: Recipe, overrides: list[str]) -> Recipe:
     """`recipe` with `key=value` overrides applied, validated again."""
     data = json.loads(recipe.model_dump_json())
     apply_key_values(data, overrides)
-    return Recipe.model_validate(data)
+    return validated(Recipe, data, f"recipe {recipe.name!r} with overrides")
 
 
 def dump_recipe(recipe: Recipe, path: str | Path) -> Path:

@@ -19,7 +19,8 @@ import os
 import shutil
 from pathlib import Path
 
-from emoverse.model.checkpoint import LINEAGE
+from emoverse.atomic_dir import atomic_dir
+from emoverse.model.checkpoint import LINEAGE, is_checkpoint
 from emoverse.recipe import Recipe, dump_recipe, load_recipe
 
 TINY = "tiny"
@@ -103,12 +104,6 @@ class RunDir:
         so a run directory can be moved or copied as a whole.
         """
         out = self.checkpoint(stage)
-        tmp = out.with_name(out.name + ".partial")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        for part in ("model", "adapter", "processor"):
-            if (ray_checkpoint / part).is_dir():
-                shutil.copytree(ray_checkpoint / part, tmp / part)
         lineage = json.loads((ray_checkpoint / LINEAGE).read_text())
         parent_path = Path(parent).resolve() if Path(parent).exists() else None
         if parent_path and parent_path.is_relative_to(self.path):
@@ -116,7 +111,44 @@ class RunDir:
         lineage["parent"] = parent
         if validation:  # Ray Train's validation of the final checkpoint
             lineage["validation"] = validation
-        shutil.rmtree(out, ignore_errors=True)
-        tmp.rename(out)
-        (out / LINEAGE).write_text(json.dumps(lineage, indent=2, sort_keys=True))
+        with atomic_dir(out) as tmp:
+            for part in ("model", "adapter", "processor"):
+                if (ray_checkpoint / part).is_dir():
+                    shutil.copytree(ray_checkpoint / part, tmp / part)
+            (tmp / LINEAGE).write_text(json.dumps(lineage, indent=2, sort_keys=True))
         return out
+
+    def last_checkpoint(self, stage: str | None = None) -> Path:
+        """The checkpoint of `stage`, or of the last stage that finished."""
+        names = [s.name for s in load_recipe(self.recipe_file).stages]
+        if stage:
+            if stage not in names:
+                raise ValueError(f"run {self.path} has no stage {stage!r} (stages: "
+                                 f"{', '.join(names)})")
+            names = names[:names.index(stage) + 1]
+        finished = [n for n in names if self.is_finished(n)]
+        if not finished or (stage and finished[-1] != stage):
+            raise ValueError(f"run {self.path}: stage {stage or names[-1]!r} has not finished")
+        return self.checkpoint(finished[-1])
+
+
+def find_run(path: str | Path) -> RunDir | None:
+    """The run directory `path` is or lies in (one of its stage checkpoints), or None."""
+    path = Path(path)
+    for candidate in (path, *path.resolve().parents[:2]):
+        if (candidate / "recipe.yaml").is_file():
+            return RunDir(candidate)
+    return None
+
+
+def resolve_checkpoint(path: str | Path, stage: str | None = None) -> Path:
+    """A stage checkpoint from itself or from a run directory (its last finished stage)."""
+    path = Path(path)
+    if is_checkpoint(path):
+        if stage:
+            raise ValueError(f"{path} is a stage checkpoint; --stage applies to run directories")
+        return path
+    run = RunDir(path)
+    if not run.recipe_file.is_file():
+        raise FileNotFoundError(f"{path} is neither a stage checkpoint nor a run directory")
+    return run.last_checkpoint(stage)

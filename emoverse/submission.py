@@ -13,8 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
+
+from emoverse.config_file import Strict, load_config
 
 DEFAULT_TOKEN_FILE = Path.home() / ".ray" / "auth_token"  # where `ray start` writes it
 
@@ -32,10 +33,8 @@ class RuntimeEnvSpec(BaseModel):
     env_vars: dict[str, str] = {}
 
 
-class JobSpec(BaseModel):
+class JobSpec(Strict):
     """One job file: what `ray job submit` takes, as a file."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: str = Field(pattern=r"^[a-z][a-z0-9-]*$")  # the submission id's prefix
     description: str = ""
@@ -68,26 +67,7 @@ class Token:
 
 def load_job(path: str | Path) -> JobSpec:
     """A job file, validated; every problem names the file and the field."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no job file {path}"
-                                + (" (it is a directory)" if path.is_dir() else ""))
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or exc
-        raise ValueError(f"{path} is not valid YAML{where}: {problem}") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a mapping of job fields (name, entrypoint, "
-                         f"runtime_env, ...), got {type(data).__name__}")
-    try:
-        return JobSpec.model_validate(data)
-    except ValidationError as exc:
-        problems = "; ".join(f"field {'.'.join(map(str, e['loc']))!r}: {e['msg']}"
-                             for e in exc.errors())
-        raise ValueError(f"{path}: {problems}") from None
+    return load_config(path, JobSpec, "job")
 
 
 def parse_env(items: list[str]) -> dict[str, str]:

@@ -22,10 +22,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import yaml
-from pydantic import Field, ValidationError, PositiveFloat, PositiveInt, model_validator
+from pydantic import Field, PositiveFloat, PositiveInt, model_validator
 
-from emoverse.recipe import Recipe, Strict, find_config
+from emoverse.config_file import Strict, find_config, load_config, shipped
+from emoverse.recipe import Recipe
 
 
 class StageSpace(Strict):
@@ -101,16 +101,13 @@ SPACE_DIR = Path(__file__).parent / "spaces"
 
 
 def shipped_spaces() -> list[str]:
-    return sorted(p.stem for p in SPACE_DIR.glob("*.yaml"))
+    return shipped(SPACE_DIR)
 
 
 def load_space(name_or_path: str | Path) -> SweepSpace:
     """A space file, or a shipped space by name (`emoverse/spaces/NAME.yaml`)."""
-    path = find_config(name_or_path, SPACE_DIR, "sweep space", "space")
-    try:
-        return SweepSpace.model_validate(yaml.safe_load(path.read_text()))
-    except ValidationError as exc:
-        raise ValueError(f"sweep space {path}: {exc}") from None
+    return load_config(find_config(name_or_path, SPACE_DIR, "sweep space"), SweepSpace,
+                       "sweep space")
 
 
 def param_name(stage: str, what: str) -> str:

@@ -377,7 +377,8 @@ def test_local_cluster_file_is_valid_and_bad_ones_are_refused(tmp_path):
     assert spec.head.num_cpus == 0 and len(spec.workers) == 2
     bad = tmp_path / "bad.yaml"
     bad.write_text("name: x\nhead: {name: head, num_cpus: -1}\nworkers: [{name: w}]\n")
-    with pytest.raises(ValueError, match=r"bad.yaml: head.num_cpus: .*workers.0.num_cpus"):
+    with pytest.raises(ValueError,
+                       match=r"bad.yaml: field 'head.num_cpus': .*field 'workers.0.num_cpus'"):
         load_cluster_spec(bad)
 
 

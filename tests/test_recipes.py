@@ -1,8 +1,7 @@
 """Every shipped recipe loads and validates; overrides and errors behave."""
 
 import pytest
-from pydantic import ValidationError
-
+from emoverse.config_file import ConfigError
 from emoverse.recipe import dump_recipe, load_recipe, shipped_recipes
 
 
@@ -52,8 +51,9 @@ def test_overrides_by_index_and_by_stage_name():
     ("media.detector=yunet", "needs media.yunet_model"),
 ])
 def test_bad_overrides_fail_validation(override, message):
-    with pytest.raises(ValidationError, match=message):
+    with pytest.raises(ConfigError, match=message) as error:
         load_recipe("m2se-tiny", [override])
+    assert "m2se-tiny.yaml: " in str(error.value)  # the file, then the field at fault
 
 
 def test_unknown_recipe_names_the_shipped_ones():

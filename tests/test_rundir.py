@@ -6,9 +6,8 @@ import json
 import pytest
 
 from emoverse.model.checkpoint import LINEAGE, parent_of, read_lineage
-from emoverse.model.export import resolve_checkpoint
 from emoverse.recipe import load_recipe
-from emoverse.rundir import RunDir
+from emoverse.rundir import RunDir, resolve_checkpoint
 
 
 def fake_ray_checkpoint(path, parent):

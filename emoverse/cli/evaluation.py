@@ -9,25 +9,15 @@ from pathlib import Path
 from emoverse.cli.arguments import positive_int
 
 
-def _run_of(path: Path):
-    """The run directory `path` is or lies in (a stage checkpoint of it), or None."""
-    from emoverse.rundir import RunDir
-
-    for candidate in (path, *path.resolve().parents[:2]):
-        if (candidate / "recipe.yaml").is_file():
-            return RunDir(candidate)
-    return None
-
-
 def _request(args):
     from emoverse.evaluation.evaluator import EvalRequest
-    from emoverse.model.export import resolve_checkpoint
     from emoverse.recipe import EvalConfig, MediaConfig, load_recipe
+    from emoverse.rundir import find_run, resolve_checkpoint
 
     model = Path(args.model)
     if not model.exists():
         raise FileNotFoundError(f"--model {model} does not exist")
-    run = _run_of(model)
+    run = find_run(model)
     if run:  # a run, or one of its checkpoints: its manifest, media and cache by default
         recipe = load_recipe(run.recipe_file)
         model = resolve_checkpoint(model) if model.resolve() == run.path else model

@@ -35,7 +35,8 @@ def _train(args) -> int:
 
 
 def _export(args) -> int:
-    from emoverse.model.export import export_model, resolve_checkpoint
+    from emoverse.model.export import export_model
+    from emoverse.rundir import resolve_checkpoint
 
     checkpoint = resolve_checkpoint(args.source, args.stage)
     out = export_model(checkpoint, args.out)

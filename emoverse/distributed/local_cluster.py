@@ -20,8 +20,9 @@ import sys
 import time
 from pathlib import Path
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field
+
+from emoverse.config_file import Strict, load_config
 
 STATE_FILE = "cluster.json"
 # The named ports a node would otherwise take at fixed defaults (52365, 10001, ...),
@@ -29,10 +30,6 @@ STATE_FILE = "cluster.json"
 NODE_PORTS = ("dashboard-agent-listen-port", "dashboard-agent-grpc-port",
               "runtime-env-agent-port", "metrics-export-port", "node-manager-port",
               "object-manager-port")
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class NodeSpec(Strict):
@@ -60,18 +57,7 @@ class LocalClusterSpec(Strict):
 
 
 def load_cluster_spec(path: str | Path) -> LocalClusterSpec:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no cluster file {path}")
-    try:
-        data = yaml.safe_load(path.read_text())
-        return LocalClusterSpec.model_validate(data)
-    except yaml.YAMLError as exc:
-        raise ValueError(f"{path} is not valid YAML: {exc}") from None
-    except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or '(top level)'}: {e['msg']}"
-                             for e in exc.errors())
-        raise ValueError(f"{path}: {problems}") from None
+    return load_config(path, LocalClusterSpec, "cluster")
 
 
 _TAKEN: set[int] = set()

@@ -13,11 +13,11 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import shutil
 from pathlib import Path
 
 import numpy as np
 
+from emoverse.atomic_dir import atomic_dir
 from emoverse.distributed.session import cluster_resources
 from emoverse.emt.manifest import manifest_hash, read_manifest
 from emoverse.media.cache import (CLIPS, DONE, ERRORS, PARAMS, cache_stats, clip_files,
@@ -108,13 +108,10 @@ def run_media_stage(manifest: str | Path, media: MediaConfig, cache_root: str | 
                         compute=ray.data.ActorPoolStrategy(size=actors),
                         batch_size=16, batch_format="numpy", num_cpus=0.5,
                         resources=dict(resources or {}))
-    tmp = out.with_name(out.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)  # left by an interrupted run
-    ds.write_parquet(str(tmp / CLIPS))
-    (tmp / PARAMS).write_text(media.model_dump_json(indent=2))
-    stats = cache_stats(tmp / CLIPS)
-    write_error_report(stats["errors"], tmp / ERRORS)
-    (tmp / DONE).write_text(json.dumps(stats, indent=2))
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)
+    with atomic_dir(out) as tmp:
+        ds.write_parquet(str(tmp / CLIPS))
+        (tmp / PARAMS).write_text(media.model_dump_json(indent=2))
+        stats = cache_stats(tmp / CLIPS)
+        write_error_report(stats["errors"], tmp / ERRORS)
+        (tmp / DONE).write_text(json.dumps(stats, indent=2))
     return out

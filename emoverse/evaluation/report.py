@@ -8,11 +8,11 @@ when given, a previous evaluation.
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pandas as pd
 
+from emoverse.atomic_dir import atomic_dir
 from emoverse.figures import pyplot
 from emoverse.tasks import TASK_NAMES, get_task
 
@@ -34,19 +34,14 @@ def parsed_predictions(manifest: pd.DataFrame, predictions: pd.DataFrame) -> pd.
 def write_report(out: str | Path, metrics: dict, predictions: pd.DataFrame,
                  manifest: pd.DataFrame, previous: dict | None = None) -> Path:
     """Write metrics.json, predictions.parquet and the PNGs into `out`, atomically."""
-    out = Path(out)
-    tmp = out.with_name(out.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    parsed_predictions(manifest, predictions).to_parquet(tmp / PREDICTIONS, index=False)
-    (tmp / METRICS).write_text(json.dumps(metrics, indent=2, sort_keys=True, default=float))
-    for task in metrics["tasks"]:
-        if get_task(task).classes:
-            write_confusion(tmp / f"confusion_{task}.png", task, manifest, predictions)
-    write_bars(tmp / "metrics.png", metrics, previous)
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)
-    return out
+    with atomic_dir(out) as tmp:
+        parsed_predictions(manifest, predictions).to_parquet(tmp / PREDICTIONS, index=False)
+        (tmp / METRICS).write_text(json.dumps(metrics, indent=2, sort_keys=True, default=float))
+        for task in metrics["tasks"]:
+            if get_task(task).classes:
+                write_confusion(tmp / f"confusion_{task}.png", task, manifest, predictions)
+        write_bars(tmp / "metrics.png", metrics, previous)
+    return Path(out)
 
 
 def write_confusion(path: Path, task_name: str, manifest: pd.DataFrame,

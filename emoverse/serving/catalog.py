@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict
 from emoverse.model.checkpoint import is_checkpoint, parent_of
 from emoverse.model.export import EXPORT_LINEAGE
 from emoverse.recipe import MediaConfig, Recipe, load_recipe
+from emoverse.rundir import RunDir, find_run
 from emoverse.serving.config import AdapterSpec, ServeArgs
 
 
@@ -51,14 +52,6 @@ class Catalog:
         return self.entries[model_id]
 
 
-def run_of(path: Path) -> Path | None:
-    """The run directory `path` is or lies in (as a stage checkpoint), or None."""
-    for candidate in (path, *path.resolve().parents[:2]):
-        if (candidate / "recipe.yaml").is_file():
-            return candidate
-    return None
-
-
 def stage_entry(checkpoint: Path, model_id: str) -> ModelEntry:
     checkpoint = checkpoint.resolve()
     if (checkpoint / "adapter").is_dir():
@@ -67,25 +60,21 @@ def stage_entry(checkpoint: Path, model_id: str) -> ModelEntry:
     return ModelEntry(id=model_id, base=str(checkpoint), source=str(checkpoint))
 
 
-def _run_entries(run: Path, recipe: Recipe) -> list[ModelEntry]:
-    from emoverse.rundir import RunDir
-
-    rundir = RunDir(run)
-    finished = [s.name for s in recipe.stages if rundir.is_finished(s.name)]
+def _run_entries(run: RunDir, recipe: Recipe) -> list[ModelEntry]:
+    finished = [s.name for s in recipe.stages if run.is_finished(s.name)]
     if not finished:
-        raise FileNotFoundError(f"model: run {run} has no finished stage to serve")
-    return [stage_entry(rundir.checkpoint(name), name) for name in finished]
+        raise FileNotFoundError(f"model: run {run.path} has no finished stage to serve")
+    return [stage_entry(run.checkpoint(name), name) for name in finished]
 
 
 def _model_entries(path: Path) -> tuple[list[ModelEntry], Recipe | None]:
     """The entries of `path` and the recipe of the run they come from (if any)."""
     if not path.exists():
         raise FileNotFoundError(f"model: no run, stage checkpoint or model directory at {path}")
-    run = run_of(path)
-    if run is not None and path.resolve() == run.resolve():
-        recipe = load_recipe(run / "recipe.yaml")
+    run = find_run(path)
+    recipe = load_recipe(run.recipe_file) if run else None
+    if run is not None and path.resolve() == run.path:
         return _run_entries(run, recipe), recipe
-    recipe = load_recipe(run / "recipe.yaml") if run else None
     if is_checkpoint(path):
         return [stage_entry(path, path.resolve().name)], recipe
     if not (path / "config.json").is_file():
@@ -102,8 +91,8 @@ def _exported_recipe(path: Path) -> Recipe | None:
     if not lineage.is_file():
         return None
     origin = json.loads(lineage.read_text()).get("exported_from")
-    run = run_of(Path(origin)) if origin and Path(origin).exists() else None
-    return load_recipe(run / "recipe.yaml") if run else None
+    run = find_run(origin) if origin and Path(origin).exists() else None
+    return load_recipe(run.recipe_file) if run else None
 
 
 def adapter_entry(model_id: str, spec: AdapterSpec, served: dict[str, ModelEntry],

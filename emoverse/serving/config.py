@@ -15,7 +15,8 @@ from typing import Any
 import yaml
 from pydantic import Field, PositiveFloat, PositiveInt, field_validator, model_validator
 
-from emoverse.recipe import MediaConfig, Strict, apply_key_values
+from emoverse.config_file import Strict, apply_key_values, read_mapping, validated
+from emoverse.recipe import MediaConfig
 from emoverse.tasks import TASK_NAMES, get_task
 
 IMPORT_PATH = "emoverse.serving.app:build_app"
@@ -145,16 +146,13 @@ def serve_args(model: str | None = None, config: str | Path | None = None,
     the model, and `key=value` overrides (`batching.enabled=false`), validated."""
     data: dict = {}
     if config:
-        loaded = yaml.safe_load(Path(config).read_text()) or {}
-        if isinstance(loaded, dict) and "applications" in loaded:
-            loaded = next(iter(load_serve_config(config)[1].values())).model_dump(mode="json")
-        if not isinstance(loaded, dict):
-            raise ValueError(f"{config}: expected a mapping of serving arguments")
-        data = loaded
+        data = read_mapping(config, "serving arguments")
+        if "applications" in data:
+            data = next(iter(load_serve_config(config)[1].values())).model_dump(mode="json")
     if model:
         data["model"] = model
     apply_key_values(data, overrides or [])
-    return ServeArgs.model_validate(data)
+    return validated(ServeArgs, data, f"serving arguments{f' ({config})' if config else ''}")
 
 
 def serve_config(args: ServeArgs, name: str = "emoverse", route_prefix: str = "/",
@@ -186,20 +184,11 @@ def write_serve_config(config: dict, path: str | Path) -> Path:
 def load_serve_config(path: str | Path) -> tuple[dict, dict[str, ServeArgs]]:
     """Read and validate a Serve config file: Serve's schema, then each emoverse
     application's args against `ServeArgs`. Returns (config, {app name: args})."""
-    path = Path(path)
-    config = yaml.safe_load(path.read_text())
-    if not isinstance(config, dict):
-        raise ValueError(f"{path}: not a Serve config (a YAML mapping with `applications`)")
+    config = read_mapping(path, "Serve config")
     _validate_schema(config, str(path))
-    apps = {}
-    for app in config["applications"]:
-        if app.get("import_path") != IMPORT_PATH:
-            continue
-        try:
-            apps[app["name"]] = ServeArgs.model_validate(app.get("args") or {})
-        except ValueError as exc:
-            raise ValueError(f"{path}: application {app['name']!r} has invalid args: "
-                             f"{exc}") from exc
+    apps = {app["name"]: validated(ServeArgs, app.get("args") or {},
+                                   f"{path}: application {app['name']!r} has invalid args")
+            for app in config["applications"] if app.get("import_path") == IMPORT_PATH}
     if not apps:
         raise ValueError(f"{path}: no application imports {IMPORT_PATH}")
     return config, apps

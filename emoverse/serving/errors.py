@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from emoverse.config_file import error_message
+
 
 class ServingError(Exception):
     """A request the server refuses; `field` names the input at fault."""
@@ -33,6 +35,4 @@ def invalid(exc, where: str = "body") -> ServingError:
 
 
 def _readable(error: dict) -> str:
-    if error["type"] == "missing":
-        return "required, but missing"
-    return error["msg"].removeprefix("Value error, ")
+    return "required, but missing" if error["type"] == "missing" else error_message(error)

@@ -101,7 +101,7 @@ def test_zero2_trains_and_resumes_on_two_ray_train_workers(tiny_model, tmp_path)
 
         from emoverse.model.checkpoint import apply_trainable, load_model, load_processor
         from emoverse.recipe import StageConfig
-        from emoverse.train.batching import Collator
+        from emoverse.model.inputs import Collator
         from emoverse.train.deepspeed_engine import DeepSpeedEngine
         from emoverse.train.loop import train_epochs
 

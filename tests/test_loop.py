@@ -5,7 +5,7 @@ import torch
 
 from emoverse.model.checkpoint import apply_trainable, load_model, load_processor
 from emoverse.recipe import MixtureEntry, StageConfig, TrainableConfig
-from emoverse.train.batching import Collator
+from emoverse.model.inputs import Collator
 from emoverse.train.engine import TorchEngine, make_optimizer
 from emoverse.train.loop import LoopState, train_epochs
 

@@ -12,7 +12,7 @@ from emoverse.model.checkpoint import (PROJECTORS, _is_projector, _is_vision, ap
                                        is_checkpoint, load_model, load_processor,
                                        save_checkpoint)
 from emoverse.recipe import LoraConfig, MixtureEntry, StageConfig, TrainableConfig
-from emoverse.train.batching import IGNORE, Collator
+from emoverse.model.inputs import IGNORE, Collator
 
 PROMPTS = ["The person says: I love it\n<sentiment> Answer.",
            "The person says: this is the worst day of my whole life\n<sentiment> Answer."]
@@ -186,7 +186,7 @@ def test_loss_falls_on_a_tiny_task(arch_model):
 
 
 def test_greedy_generation_returns_strings(arch_model, tmp_path):
-    from emoverse.evaluation.generation import AnswerGenerator
+    from emoverse.model.generation import AnswerGenerator
 
     path = arch_model[1]
     gen = AnswerGenerator(str(path), max_new_tokens=3, torch_threads=torch.get_num_threads())

@@ -505,7 +505,7 @@ PINNED_TRAIN = """
 import json, pathlib, sys, ray
 from ray.train import RunConfig
 from ray.train.torch import TorchTrainer
-from emoverse.distributed.training import ray_scaling
+from emoverse.distributed.stage_trainer import ray_scaling
 from emoverse.recipe import ScalingConfig
 
 marks, storage = sys.argv[1:3]

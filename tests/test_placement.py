@@ -5,7 +5,7 @@ from pydantic import ValidationError
 
 from emoverse.distributed.media_stage import pool_size
 from emoverse.recipe import ScalingConfig, apply_overrides, load_recipe
-from emoverse.sweeper import concurrent_trials
+from emoverse.drivers.sweep import concurrent_trials
 
 
 def test_train_workers_ask_for_their_cpus_and_the_custom_resources():

@@ -18,7 +18,7 @@ SHORT = ["stages.0.epochs=1", "stages.0.epoch_size=32", "stages.0.log_every=1",
 def run(tmp_path_factory):
     import ray
 
-    from emoverse.quickstart import run_quickstart
+    from emoverse.drivers.quickstart import run_quickstart
 
     ray.init(num_cpus=2, include_dashboard=False)
     try:
@@ -72,7 +72,7 @@ def test_every_evaluation_sample_is_scored_once(run: Path):
 
 
 def test_rerun_skips_finished_stages_and_a_changed_recipe_is_refused(run: Path, capsys):
-    from emoverse.pipeline import train_recipe
+    from emoverse.drivers.training import train_recipe
     from emoverse.recipe import load_recipe
 
     before = (run / "metrics.json").read_text()

@@ -27,7 +27,7 @@ STAGE1, STAGE2 = "stage1-multitask-pretraining", "stage2-reason-finetuning"
 def train_briefly(model, stage, processor, rows: dict, steps: int = 25):
     import torch
 
-    from emoverse.train.batching import Collator
+    from emoverse.model.inputs import Collator
     from emoverse.train.engine import TorchEngine
     from emoverse.train.loop import train_epochs
 
@@ -199,12 +199,12 @@ def test_catalog_serves_each_stage_over_one_base(served_run):
 
 
 def test_engine_switches_adapters_on_one_base_like_merged_weights(served_run, manifest):
-    from emoverse.evaluation.generation import AnswerGenerator
+    from emoverse.model.generation import AnswerGenerator
     from emoverse.media.clips import process_clip
     from emoverse.media.faces import make_detector
     from emoverse.serving.catalog import build_catalog
     from emoverse.serving.config import AdapterSpec
-    from emoverse.serving.engine import Engine, Job
+    from emoverse.serving.model_pool import ModelPool, Job
 
     catalog = build_catalog(ServeArgs(model=str(served_run), adapters={
         "tenant": AdapterSpec(path=str(served_run / "checkpoints" / STAGE2), base=STAGE1)}))
@@ -212,7 +212,7 @@ def test_engine_switches_adapters_on_one_base_like_merged_weights(served_run, ma
     detector = make_detector(catalog.media.detector)
     frames = [process_clip(p, catalog.media, detector).frames for p in rows.media_path]
     jobs = [Job(p, f, 6) for p, f in zip(rows.prompt, frames)]
-    engine = Engine(catalog)
+    engine = ModelPool(catalog)
     for model_id in (STAGE2, STAGE1, STAGE2):
         served = [g.text for g in engine.generate(model_id, jobs)]
         merged = AnswerGenerator(str(served_run / "checkpoints" / model_id), 6).generate(
@@ -284,7 +284,7 @@ def test_remote_code_stays_off_unless_configured(tiny_model, tmp_path, monkeypat
     assert calls == [False, True]
 
 
-class EngineBackend:
+class PoolBackend:
     """The model deployment's work in-process, for the app without Ray."""
 
     def __init__(self, engine):
@@ -301,13 +301,13 @@ def test_the_app_without_ray(served_run, demo_set, manifest):
     from fastapi.testclient import TestClient
 
     from emoverse.serving.api import create_app
-    from emoverse.serving.engine import Engine
+    from emoverse.serving.model_pool import ModelPool
     from emoverse.serving.requests import Service
 
     args = ServeArgs(model=str(served_run), media_root=str(demo_set.parent),
                      limits={"max_upload_mb": 0.25})
     service = Service.create(args, None)
-    service.backend = EngineBackend(Engine(service.catalog))
+    service.backend = PoolBackend(ModelPool(service.catalog))
     client = TestClient(create_app(service))
     row = row_of(manifest, "msa")
     body = {"task": "msa", "transcript": row.transcript, "video_path": rel(row)}

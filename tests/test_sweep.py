@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from emoverse.recipe import apply_overrides, load_recipe
-from emoverse.sweep import (SweepSpace, load_space, point_params, recipe_point, shipped_spaces,
+from emoverse.sweep_space import (SweepSpace, load_space, point_params, recipe_point, shipped_spaces,
                             trial_overrides)
 
 S1, S2 = "stage1-multitask-pretraining", "stage2-reason-finetuning"
@@ -78,7 +78,7 @@ def test_an_interrupted_four_trial_sweep_resumes_stops_early_and_exports_a_recip
     import ray
 
     from emoverse.cli import main
-    from emoverse.pipeline import train_recipe
+    from emoverse.drivers.training import train_recipe
 
     space = tmp_path / "space.yaml"
     # Trial 1 is the recipe as written, trial 2 this point, whose stage-1 learning rate

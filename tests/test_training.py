@@ -50,7 +50,7 @@ def test_a_killed_worker_is_replaced_and_resumes_at_the_checkpointed_step(tiny_m
     import ray
 
     from emoverse.distributed.media_stage import run_media_stage
-    from emoverse.distributed.training import fit_stage
+    from emoverse.distributed.stage_trainer import fit_stage
     from emoverse.recipe import MediaConfig, ScalingConfig, StageConfig
 
     ray.init(num_cpus=2, include_dashboard=False, ignore_reinit_error=True)
@@ -112,7 +112,7 @@ def test_a_stage_runs_with_the_deepspeed_zero2_strategy(tiny_model, demo_set, tm
     import ray
 
     from emoverse.distributed.media_stage import run_media_stage
-    from emoverse.distributed.training import fit_stage
+    from emoverse.distributed.stage_trainer import fit_stage
     from emoverse.model.checkpoint import load_model
     from emoverse.recipe import MediaConfig, ScalingConfig, StageConfig
 
@@ -136,7 +136,7 @@ def test_a_stage_validates_its_final_checkpoint_and_reports_the_objective(tiny_m
     import ray
 
     from emoverse.distributed.media_stage import run_media_stage
-    from emoverse.distributed.training import fit_stage
+    from emoverse.distributed.stage_trainer import fit_stage
     from emoverse.emt.manifest import read_manifest
     from emoverse.recipe import MediaConfig, ScalingConfig, StageConfig
 

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from emoverse.recipe import Recipe, apply_overrides, load_recipe
-from emoverse.sweep import SweepSpace
+from emoverse.sweep_space import SweepSpace
 
 S1 = "stage1-multitask-pretraining"
 RANGE = (0.1, 1.0)
@@ -44,7 +44,7 @@ def grid_space(levels: int) -> SweepSpace:
 
 
 def one_search(recipe: Recipe, space: SweepSpace, trials: int, out: Path, asha: bool) -> dict:
-    from emoverse.sweeper import run_sweep
+    from emoverse.drivers.sweep import run_sweep
 
     start = time.perf_counter()
     result = run_sweep(recipe, space, trials, out, search="optuna" if asha else "random",

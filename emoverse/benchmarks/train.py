@@ -37,9 +37,9 @@ def plain_loop(stage: StageConfig, cache: Path, model_dir: str, threads: int) ->
     import numpy as np
     import torch
 
-    from emoverse.distributed.training import plan_epoch
+    from emoverse.distributed.stage_trainer import plan_epoch
     from emoverse.model.checkpoint import apply_trainable, load_model, load_processor
-    from emoverse.train.batching import Collator
+    from emoverse.model.inputs import Collator
     from emoverse.train.engine import TorchEngine
     from emoverse.train.loop import train_epochs
 
@@ -70,7 +70,7 @@ def run(samples: int = 4000, epochs: int = 6, batch_size: int = 16, stream: bool
         workdir: str | None = None) -> dict:
     from emoverse.distributed.media_stage import run_media_stage
     from emoverse.distributed.session import ensure_ray
-    from emoverse.distributed.training import fit_stage, fits_in_object_store
+    from emoverse.distributed.stage_trainer import fit_stage, fits_in_object_store
     from emoverse.model.checkpoint import read_lineage
     from emoverse.model.tiny import write_tiny_model
     from emoverse.model.vocabulary import instruction_corpus

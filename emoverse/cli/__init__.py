@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if getattr(args, "size", 0) is None:
-        from emoverse.quickstart import DEFAULT_SIZE
+        from emoverse.drivers.quickstart import DEFAULT_SIZE
 
         args.size = DEFAULT_SIZE
     try:

@@ -10,7 +10,7 @@ from emoverse.cli.arguments import positive_int
 
 
 def _request(args):
-    from emoverse.evaluation.evaluator import EvalRequest
+    from emoverse.drivers.evaluation import EvalRequest
     from emoverse.recipe import EvalConfig, MediaConfig, load_recipe
     from emoverse.rundir import find_run, resolve_checkpoint
 
@@ -59,7 +59,7 @@ def _eval(args) -> int:
         return _compare(args)
     if not args.model:
         raise ValueError("give --model DIR_OR_RUN (or use `emoverse eval compare A B`)")
-    from emoverse.evaluation.evaluator import evaluate
+    from emoverse.drivers.evaluation import evaluate
     from emoverse.evaluation.scoring import table
 
     req = _request(args)

@@ -9,8 +9,8 @@ from emoverse.cli.arguments import positive_int
 
 def _sweep(args) -> int:
     from emoverse.recipe import load_recipe
-    from emoverse.sweep import load_space
-    from emoverse.sweeper import run_sweep
+    from emoverse.sweep_space import load_space
+    from emoverse.drivers.sweep import run_sweep
 
     recipe = load_recipe(args.recipe, args.overrides)
     space = load_space(args.space)

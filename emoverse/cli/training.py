@@ -10,14 +10,14 @@ from emoverse.model.architectures import ARCH_NAMES, DEFAULT_ARCH
 
 
 def _quickstart(args) -> int:
-    from emoverse.quickstart import run_quickstart
+    from emoverse.drivers.quickstart import run_quickstart
 
     run_quickstart(args.out, args.size, args.seed, args.overrides)
     return 0
 
 
 def _train(args) -> int:
-    from emoverse.pipeline import results_table, say, train_recipe
+    from emoverse.drivers.training import results_table, say, train_recipe
     from emoverse.recipe import load_recipe
 
     overrides = list(args.overrides)

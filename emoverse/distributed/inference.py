@@ -12,7 +12,7 @@ from typing import Sequence
 import numpy as np
 
 from emoverse.media.cache import clip_files
-from emoverse.evaluation.generation import AnswerGenerator
+from emoverse.model.generation import AnswerGenerator
 
 COLUMNS = ["sample_id", "task", "split", "prompt", "frames", "ok"]
 

@@ -1,6 +1,6 @@
 """The Ray Train worker of one M2SE stage: Ray only for its shard, checkpoint and reports.
 
-Everything it needs arrives in `config` (from `emoverse.distributed.training.fit_stage`).
+Everything it needs arrives in `config` (from `emoverse.distributed.stage_trainer.fit_stage`).
 On start it restores the latest checkpoint Ray Train hands it (after a worker failure,
 or when the driver re-runs a stage in the same run directory), so the step count, the
 optimiser, the schedule and the position in the epoch carry on instead of restarting.
@@ -29,7 +29,7 @@ def worker_loop(config: dict) -> None:
     from emoverse.model.checkpoint import (apply_trainable, finish_checkpoint, load_model,
                                            load_processor, trainable_summary, weights_dir)
     from emoverse.recipe import StageConfig
-    from emoverse.train.batching import Collator
+    from emoverse.model.inputs import Collator
     from emoverse.train.engine import make_engine
     from emoverse.train.loop import LoopState, train_epochs
 

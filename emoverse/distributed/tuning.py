@@ -1,6 +1,6 @@
 """Mixture sweeps on Ray Tune: one Tune function per trial runs the recipe's stages.
 
-Each trial applies its sampled weights (`emoverse.sweep`) to the recipe and trains the
+Each trial applies its sampled weights (`emoverse.sweep_space`) to the recipe and trains the
 stages in order with `fit_stage`, whose final checkpoint Ray Train validates; after each
 stage the trial reports the validation `objective` to Tune, so ASHA can stop a trial
 after stage 1. A stage whose configuration and parent are the same as an earlier
@@ -21,7 +21,7 @@ import json
 from pathlib import Path
 
 from emoverse.recipe import Recipe, apply_overrides
-from emoverse.sweep import SweepSpace, param_name, trial_overrides
+from emoverse.sweep_space import SweepSpace, param_name, trial_overrides
 
 
 def tune_key(param: str) -> str:
@@ -57,7 +57,7 @@ def run_trial(config: dict, fixed: dict) -> None:
     progress lines and saved configs stay the size of the search space."""
     from ray import tune
 
-    from emoverse.distributed.training import fit_stage
+    from emoverse.distributed.stage_trainer import fit_stage
     from emoverse.evaluation.validation import validated_metrics
     from emoverse.model.checkpoint import read_lineage
     from emoverse.rundir import RunDir

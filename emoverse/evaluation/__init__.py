@@ -1,1 +1,2 @@
-"""Evaluation: generation, parsing and the paper's metrics, and the report table."""
+"""Evaluation without Ray: scoring with the paper's metrics, validation of a checkpoint in one
+process, and the report (metrics, predictions, figures, comparisons)."""

@@ -3,7 +3,7 @@ cache, greedy answers, the tasks' metrics and one objective. No Ray.
 
 Ray Train runs this on a stage's final checkpoint (`ValidationConfig`), so the metrics
 are reported with the checkpoint, which is what sweeps optimise. The full evaluator
-(`emoverse.evaluation.evaluator`) is for reports; this is for a number, quickly.
+(`emoverse.drivers.evaluation`) is for reports; this is for a number, quickly.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 
 from emoverse.emt.manifest import read_manifest
-from emoverse.evaluation.generation import AnswerGenerator
+from emoverse.model.generation import AnswerGenerator
 from emoverse.evaluation.scoring import score
 from emoverse.media.cache import read_split
 

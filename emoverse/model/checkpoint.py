@@ -8,6 +8,7 @@ id), loaded through `AutoModelForImageTextToText` / `AutoProcessor`.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from pathlib import Path
@@ -125,3 +126,19 @@ def trainable_summary(model) -> dict:
     total = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return {"parameters": total, "trainable": trainable}
+
+
+def model_hash(path: str | Path) -> str:
+    """A content hash of a model directory: configs in full, and for each weight file its
+    name, size and first MiB (hashing gigabytes of weights would take longer than the
+    evaluation of a small split). An adapter's hash includes its parent's."""
+    digest = hashlib.sha256()
+    if is_checkpoint(path) and (Path(path) / "adapter").is_dir():
+        parent = parent_of(path)
+        digest.update((model_hash(parent) if Path(parent).exists() else parent).encode())
+    for f in sorted(p for p in Path(path).rglob("*") if p.is_file() and p.name != LINEAGE):
+        digest.update(str(f.relative_to(path)).encode())
+        with f.open("rb") as fh:
+            data = fh.read() if f.suffix in (".json", ".txt", ".jinja") else fh.read(2**20)
+        digest.update(str(f.stat().st_size).encode() + data)
+    return digest.hexdigest()[:16]

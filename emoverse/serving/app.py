@@ -19,7 +19,7 @@ from ray.serve.handle import DeploymentHandle
 from emoverse.serving.api import create_app
 from emoverse.serving.catalog import build_catalog
 from emoverse.serving.config import ServeArgs
-from emoverse.serving.engine import Engine, Generation, Job
+from emoverse.serving.model_pool import Generation, Job, ModelPool
 from emoverse.serving.errors import Overloaded
 from emoverse.serving.requests import Service
 
@@ -29,30 +29,30 @@ APP_NAME = "emoverse"
 class LoadedModel:
     """What the multiplexer caches per model id; evicting it unloads the adapter."""
 
-    def __init__(self, engine: Engine, model_id: str):
-        self.engine, self.model_id = engine, model_id
+    def __init__(self, models: ModelPool, model_id: str):
+        self.models, self.model_id = models, model_id
         self._released = False
 
     def __del__(self):
         # Serve calls this on LRU eviction and the garbage collector again later.
         if not self._released:
             self._released = True
-            self.engine.unload(self.model_id)
+            self.models.unload(self.model_id)
 
 
 @serve.deployment
 class ModelServer:
     def __init__(self, args: ServeArgs):
-        self.engine = Engine(build_catalog(args), args.trust_remote_code,
-                             args.model_server.torch_threads)
+        self.models = ModelPool(build_catalog(args), args.trust_remote_code,
+                                args.model_server.torch_threads)
         self.batching = args.batching.enabled
         self.generate_batch.set_max_batch_size(args.batching.max_batch_size)
         self.generate_batch.set_batch_wait_timeout_s(args.batching.batch_wait_timeout_s)
-        engine = self.engine
+        models = self.models
 
         async def load(model_id: str) -> LoadedModel:
-            await asyncio.to_thread(engine.load, model_id)
-            return LoadedModel(engine, model_id)
+            await asyncio.to_thread(models.load, model_id)
+            return LoadedModel(models, model_id)
 
         # Built per replica so the LRU size comes from the config.
         self.model = serve.multiplexed(
@@ -63,16 +63,16 @@ class ModelServer:
         await self.model(model_id)
         if self.batching:
             return await self.generate_batch(job)
-        return self.engine.generate(model_id, [job])[0]
+        return self.models.generate(model_id, [job])[0]
 
     # Generation blocks the replica's event loop on purpose: in a thread it would hold
     # the GIL against the loop taking requests in, and batches would stay small.
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01)
     async def generate_batch(self, jobs: list[Job]) -> list[Generation]:
-        return self.engine.generate(serve.get_multiplexed_model_id(), jobs)
+        return self.models.generate(serve.get_multiplexed_model_id(), jobs)
 
     async def status(self) -> dict:
-        return {"loaded": self.engine.loaded, "batching": self.batching}
+        return {"loaded": self.models.loaded, "batching": self.batching}
 
 
 class HandleBackend:

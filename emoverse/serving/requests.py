@@ -1,7 +1,7 @@
 """Request handling without Ray: model choice, clip, prompt, token limit, model call, answer.
 
 `Service` is what the HTTP routes call. The model deployment sits behind `Backend` (a
-Serve deployment handle in production, an in-process `Engine` or a stub in tests).
+Serve deployment handle in production, an in-process `ModelPool` or a stub in tests).
 Prompts come from the task modules (`Task.prompt`) and clips from the media stage's
 code, so a served request reaches the model exactly as a training row does.
 """
@@ -15,13 +15,13 @@ from typing import Any, Protocol
 
 from emoverse.serving.catalog import Catalog, build_catalog
 from emoverse.serving.config import ServeArgs
-from emoverse.serving.engine import Generation, Job
+from emoverse.serving.model_pool import Generation, Job
 from emoverse.serving.errors import ServingError
 from emoverse.serving.schemas import (AnalyzeRequest, AnalyzeResponse, ModelCard,
                                       StructuredAnswer, Timing, Usage)
 from emoverse.serving.videos import ServedClip, VideoRef, VideoSource
 from emoverse.tasks import TASK_NAMES, Answer, get_task
-from emoverse.train.batching import Collator
+from emoverse.model.inputs import Collator
 
 MODEL_HEADER = "serve_multiplexed_model_id"  # Serve's multiplexing header
 

@@ -12,10 +12,11 @@ from pathlib import Path
 
 from emoverse.distributed.media_stage import run_media_stage
 from emoverse.distributed.session import ensure_ray
-from emoverse.distributed.training import fit_stage
+from emoverse.distributed.stage_trainer import fit_stage
 from emoverse.emt.manifest import manifest_hash, read_manifest
-from emoverse.evaluation.evaluator import EvalRequest, answer_budget
-from emoverse.evaluation.evaluator import evaluate as evaluate_model
+from emoverse.drivers.evaluation import EvalRequest
+from emoverse.model.generation import answer_budget
+from emoverse.drivers.evaluation import evaluate as evaluate_model
 from emoverse.evaluation.scoring import table
 from emoverse.evaluation.validation import validated_metrics
 from emoverse.model.checkpoint import read_lineage

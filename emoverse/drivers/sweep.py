@@ -18,12 +18,12 @@ from emoverse.distributed.media_stage import run_media_stage
 from emoverse.distributed.session import cluster_resources, ensure_ray
 from emoverse.distributed.tuning import trial_params, tune_sweep
 from emoverse.emt.manifest import manifest_hash, read_manifest
-from emoverse.evaluation.evaluator import answer_budget
+from emoverse.model.generation import answer_budget
 from emoverse.figures import pyplot
-from emoverse.pipeline import say
+from emoverse.drivers.training import say
 from emoverse.recipe import Recipe, apply_overrides, dump_recipe
 from emoverse.rundir import RunDir
-from emoverse.sweep import SweepSpace, param_name, point_params, recipe_point, trial_overrides
+from emoverse.sweep_space import SweepSpace, param_name, point_params, recipe_point, trial_overrides
 
 BEST = "best-recipe.yaml"
 SHARE = " share"

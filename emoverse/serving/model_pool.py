@@ -3,7 +3,7 @@
 Model ids sharing a base (a run's stages, tenant adapters) share its weights: adapters
 are attached to one peft model under their model id and switched per batch; an id with
 no adapter runs with the adapters disabled. Plain Python and torch, no Ray: the Serve
-deployment calls `load`, `unload` and `generate` (one thread at a time per engine).
+deployment calls `load`, `unload` and `generate` (one thread at a time per pool).
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from emoverse.evaluation.generation import greedy_new_tokens
+from emoverse.model.generation import greedy_new_tokens
 from emoverse.serving.catalog import Catalog, ModelEntry
-from emoverse.train.batching import Collator
+from emoverse.model.inputs import Collator
 
 
 @dataclass
@@ -47,7 +47,7 @@ class _Base:
     users: set[str] = field(default_factory=set)  # loaded model ids on this base
 
 
-class Engine:
+class ModelPool:
     def __init__(self, catalog: Catalog, trust_remote_code: bool = False,
                  torch_threads: int = 1):
         import torch

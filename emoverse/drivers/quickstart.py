@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from emoverse.pipeline import results_table, say, train_recipe
+from emoverse.drivers.training import results_table, say, train_recipe
 from emoverse.recipe import load_recipe
 
 DEFAULT_SIZE = 4600  # ~3000 face-bearing training clips: fewer were memorised, not learnt

@@ -10,18 +10,20 @@ atomically, so an interrupted run leaves nothing half-written.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
+from emoverse.distributed.inference import predict
+from emoverse.distributed.media_stage import run_media_stage
+from emoverse.distributed.session import ensure_ray
 from emoverse.emt.manifest import manifest_hash, read_manifest
 from emoverse.evaluation.report import METRICS, write_report
 from emoverse.evaluation.scoring import baselines, score
-from emoverse.model.checkpoint import (LINEAGE, is_checkpoint, load_processor, parent_of,
-                                       read_lineage)
+from emoverse.model.checkpoint import LINEAGE, is_checkpoint, model_hash, read_lineage
+from emoverse.model.generation import answer_budget
 from emoverse.recipe import EvalConfig, MediaConfig
 
 
@@ -38,35 +40,8 @@ class EvalRequest:
     previous: Path | None = None  # an earlier evaluation to draw beside this one
 
 
-def model_hash(path: str | Path) -> str:
-    """A content hash of a model directory: configs in full, and for each weight file its
-    name, size and first MiB (hashing gigabytes of weights would take longer than the
-    evaluation of a small split). An adapter's hash includes its parent's."""
-    digest = hashlib.sha256()
-    if is_checkpoint(path) and (Path(path) / "adapter").is_dir():
-        parent = parent_of(path)
-        digest.update((model_hash(parent) if Path(parent).exists() else parent).encode())
-    for f in sorted(p for p in Path(path).rglob("*") if p.is_file() and p.name != LINEAGE):
-        digest.update(str(f.relative_to(path)).encode())
-        with f.open("rb") as fh:
-            data = fh.read() if f.suffix in (".json", ".txt", ".jinja") else fh.read(2**20)
-        digest.update(str(f.stat().st_size).encode() + data)
-    return digest.hexdigest()[:16]
-
-
-def answer_budget(manifest: pd.DataFrame, model_path: str | Path, split: str) -> int:
-    """Enough new tokens for the longest target of the split, plus a margin."""
-    tokenizer = load_processor(model_path).tokenizer
-    targets = manifest[manifest.split == split].target.tolist()
-    return max(len(tokenizer(t, add_special_tokens=False).input_ids) for t in targets) + 4
-
-
 def evaluate(req: EvalRequest) -> dict:
     """Run the evaluation of `req` and write its report to `req.out`; returns the metrics."""
-    from emoverse.distributed.inference import predict
-    from emoverse.distributed.media_stage import run_media_stage
-    from emoverse.distributed.session import ensure_ray
-
     manifest = read_manifest(req.manifest).to_pandas()
     split = req.config.split
     present = set(manifest[manifest.split == split].task)

@@ -19,10 +19,13 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
+from emoverse.console import logger
 from emoverse.emt.demo import build_demo
 from emoverse.media.clips import centre_box, crop_square, decode_frames, sample_indices
 from emoverse.media.faces import choose_face, make_detector, smooth_boxes
 from emoverse.recipe import MediaConfig
+
+log = logger(__name__)
 
 
 def naive_clip(path: str, cfg: MediaConfig, detector) -> np.ndarray:
@@ -83,8 +86,8 @@ def run(clips: int = 150, scale: int = 5, detector: str = "haar",
     work = Path(workdir or tempfile.mkdtemp(prefix="emoverse-bench-media-"))
     cfg = MediaConfig(num_frames=8, size=112, detector=detector, yunet_model=yunet_model,
                       max_decode_side=decode_side)
-    print(f"generating {clips} and {clips * scale} demo clips ({frames} frames at "
-          f"{side}x{side}) under {work}", flush=True)
+    log.info(f"generating {clips} and {clips * scale} demo clips ({frames} frames at "
+             f"{side}x{side}) under {work}")
     small = build_demo(work / "small", size=clips, seed=1, frames=frames, side=side)
     large = build_demo(work / "large", size=clips * scale, seed=2, frames=frames, side=side)
     # Throughput is compared on the large set, where Ray's fixed start-up (process and
@@ -92,9 +95,9 @@ def run(clips: int = 150, scale: int = 5, detector: str = "haar",
     paths = pq.read_table(large, columns=["media_path"]).column("media_path").to_pylist()
     n_small, n = pq.read_metadata(small).num_rows, len(paths)
     det = make_detector(detector, yunet_model)
-    print(f"(a) naive loop on {n} clips", flush=True)
+    log.info(f"(a) naive loop on {n} clips")
     naive = timed(lambda: [naive_clip(p, cfg, det) for p in paths])
-    print(f"(c) decoding alone on {n} clips", flush=True)
+    log.info(f"(c) decoding alone on {n} clips")
     floor = timed(lambda: [decode_frames(p, cfg.num_frames, max_side=decode_side)
                            for p in paths])
     ensure_ray()

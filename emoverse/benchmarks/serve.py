@@ -23,9 +23,12 @@ from pathlib import Path
 
 import numpy as np
 
+from emoverse.console import logger
 from emoverse.recipe import MediaConfig, load_recipe
 from emoverse.serving.config import ServeArgs
 from emoverse.tasks import TASK_NAMES, get_task
+
+log = logger(__name__)
 
 
 def request_bodies(manifest_path: Path, clips_root: Path) -> list[dict]:
@@ -135,7 +138,7 @@ def run(model: str | None = None, clients: int = 16, duration: float = 20.0,
         from emoverse.model.tiny import write_tiny_model
         from emoverse.model.vocabulary import instruction_corpus
 
-        print(f"writing the tiny model and demo clips under {work}", flush=True)
+        log.info(f"writing the tiny model and demo clips under {work}")
         model = str(write_tiny_model(work / "model", instruction_corpus()))
     manifest = build_demo(work / "data", size=demo_size, seed=5)
     bodies = request_bodies(manifest, manifest.parent)
@@ -143,7 +146,7 @@ def run(model: str | None = None, clients: int = 16, duration: float = 20.0,
     result = {"model": model, "clients": clients, "duration": duration,
               "new_tokens": new_tokens, "bodies": len(bodies)}
     for mode, batching in (("off", False), ("on", True)):
-        print(f"batching {mode}: {clients} clients for {duration:g}s", flush=True)
+        log.info(f"batching {mode}: {clients} clients for {duration:g}s")
         args = bench_args(model, manifest.parent, batching, clients, new_tokens, media)
         result[mode] = measure(args, bodies, clients, duration)
     result["ratio"] = result["on"]["requests_per_second"] / max(

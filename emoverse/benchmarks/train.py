@@ -1,12 +1,13 @@
 """`emoverse bench train [--samples N] [--epochs E] [--batch-size B] [--stream]`
 
 The tiny recipe's stage 1 (its model, mixture, batch size, epochs and media) trained on
-the same clips (a) in a plain single-process torch loop over rows held in memory, using
-every CPU through torch's threads, and (b) as `emoverse train` runs it: Ray Train (2 DDP
-workers) fed by Ray Data from the media stage's cache, the epoch kept in the object
-store when it fits (as the stage does) or, with `--stream`, re-read every epoch. Prints
-samples/s of each loop, the ratio b/a, and the share of the workers' step time spent
-waiting for data, overall and once warm (each epoch's first batch excluded).
+the same clips by the same stage code (`emoverse.train.stage.train`) (a) in one plain
+process over rows held in memory, using every CPU through torch's threads, and (b) as
+`emoverse train` runs it: Ray Train (2 DDP workers) fed by Ray Data from the media
+stage's cache, the epoch kept in the object store when it fits (as the stage does) or,
+with `--stream`, re-read every epoch. Prints samples/s of each loop, the ratio b/a, and
+the share of the workers' step time spent waiting for data, overall and once warm (each
+epoch's first batch excluded).
 """
 
 from __future__ import annotations
@@ -18,9 +19,12 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
+from emoverse.console import logger
 from emoverse.emt.demo import build_demo
 from emoverse.media.cache import clip_files
 from emoverse.recipe import MediaConfig, ScalingConfig, StageConfig, load_recipe
+
+log = logger(__name__)
 
 COLUMNS = ["sample_id", "prompt", "target", "frames"]
 
@@ -32,36 +36,21 @@ def bench_stage(samples: int, epochs: int, batch_size: int) -> StageConfig:
                                     "batch_size": batch_size, "log_every": 100})
 
 
-def plain_loop(stage: StageConfig, cache: Path, model_dir: str, threads: int) -> dict:
-    """(a): rows in memory, a Python batch iterator, one process, `threads` torch threads."""
-    import numpy as np
-    import torch
-
+def plain_loop(stage: StageConfig, cache: Path, model_dir: str, threads: int,
+               storage: Path) -> dict:
+    """(a): the same stage (`emoverse.train.stage.train`) in one process without Ray: rows
+    in memory, reshuffled each epoch, `threads` torch threads."""
     from emoverse.distributed.stage_trainer import plan_epoch
-    from emoverse.model.checkpoint import apply_trainable, load_model, load_processor
-    from emoverse.model.inputs import Collator
-    from emoverse.train.engine import TorchEngine
-    from emoverse.train.loop import train_epochs
+    from emoverse.train.stage import LocalSession, StageJob, train
 
-    torch.set_num_threads(threads)
-    torch.manual_seed(stage.seed)
     multiplicity, _ = plan_epoch(cache, stage)
     table = pq.read_table(clip_files(cache), columns=COLUMNS).to_pandas()
     table = table[table.sample_id.isin(multiplicity)]
-    order = np.repeat(np.arange(len(table)), [multiplicity[s] for s in table.sample_id])
-    np.random.default_rng(stage.seed).shuffle(order)
-    collate = Collator(load_processor(model_dir), stage.max_length)
-    steps = len(order) // stage.batch_size
-
-    def epoch_batches(epoch: int):
-        shuffled = np.random.default_rng([stage.seed, epoch]).permutation(order)
-        for i in range(steps):
-            rows = table.iloc[shuffled[i * stage.batch_size:(i + 1) * stage.batch_size]]
-            yield collate({k: rows[k].tolist() for k in ("prompt", "target", "frames")})
-
-    model = apply_trainable(load_model(model_dir), stage.trainable)
-    total = steps * stage.epochs
-    state = train_epochs(TorchEngine(model, stage, total), epoch_batches, stage, total)
+    rows = table[["prompt", "target", "frames"]].to_dict("records")
+    rows = [row for row, sample in zip(rows, table.sample_id) for _ in range(multiplicity[sample])]
+    steps = len(rows) // stage.batch_size * stage.epochs
+    state = train(StageJob(stage=stage, init_from=model_dir, total_steps=steps,
+                           torch_threads=threads), LocalSession(rows, storage, stage.seed))
     return {"samples_per_second": state.samples_per_second,
             "data_wait_fraction": state.data_wait_fraction, "steps": state.step}
 
@@ -78,17 +67,17 @@ def run(samples: int = 4000, epochs: int = 6, batch_size: int = 16, stream: bool
     work = Path(workdir or tempfile.mkdtemp(prefix="emoverse-bench-train-"))
     recipe = load_recipe("m2se-tiny")
     stage = bench_stage(samples, epochs, batch_size)
-    print(f"writing the tiny model and a demo set under {work}", flush=True)
+    log.info(f"writing the tiny model and a demo set under {work}")
     model_dir = str(write_tiny_model(work / "model", instruction_corpus()))
     manifest = build_demo(work / "data", size=1200, seed=3)
     ensure_ray()
     cache = run_media_stage(manifest, MediaConfig(**recipe.media.model_dump()), work / "cache")
     threads = os.cpu_count() or 1
-    print(f"(a) plain torch loop, one process, {threads} threads", flush=True)
-    plain = plain_loop(stage, cache, model_dir, threads)
+    log.info(f"(a) the stage without Ray, one process, {threads} threads")
+    plain = plain_loop(stage, cache, model_dir, threads, work / "plain")
     kept = not stream and fits_in_object_store(cache, samples)
     mode = "epoch kept in the object store" if kept else "streamed from the cache every epoch"
-    print(f"(b) Ray Train, {recipe.scaling.num_workers} workers, Ray Data: {mode}", flush=True)
+    log.info(f"(b) Ray Train, {recipe.scaling.num_workers} workers, Ray Data: {mode}")
     start = time.perf_counter()
     checkpoint, _ = fit_stage(stage, cache, model_dir, work / "ray", ScalingConfig(),
                            {"parent": model_dir}, materialize=kept)

@@ -6,6 +6,10 @@ import argparse
 import os
 import sys
 
+from emoverse.console import logger
+
+log = logger(__name__)
+
 DEFAULT_STATE_DIR = "/tmp/emoverse-cluster"  # short: Ray's socket paths live under it
 
 
@@ -20,8 +24,8 @@ def _client(args):
 
 
 def _finish(outcome) -> int:
-    print(f"[emoverse] job {outcome.submission_id}: {outcome.status}"
-          + (f" ({outcome.message})" if outcome.message else ""))
+    log.info(f"job {outcome.submission_id}: {outcome.status}"
+             + (f" ({outcome.message})" if outcome.message else ""))
     return 0 if outcome.status == "SUCCEEDED" else 1
 
 
@@ -49,16 +53,16 @@ def _submit(args) -> int:
                                     submission_id=args.submission_id)
     client = _client(args)
     submission_id = submit(client, submission)
-    print(f"[emoverse] submitted {submission_id} to {args.address}: {submission.entrypoint}")
+    log.info(f"submitted {submission_id} to {args.address}: {submission.entrypoint}")
     if args.no_follow:
-        print(f"[emoverse] follow it with: emoverse job follow {submission_id} "
-              f"--address {args.address}")
+        log.info(f"follow it with: emoverse job follow {submission_id} "
+                 f"--address {args.address}")
         return 0
     try:
         return _finish(follow(client, submission_id))
     except KeyboardInterrupt:
-        print(f"\n[emoverse] stopped following; the job goes on. Stop it with: "
-              f"emoverse job stop {submission_id} --address {args.address}")
+        log.info(f"stopped following; the job goes on. Stop it with: "
+                 f"emoverse job stop {submission_id} --address {args.address}")
         return 130
 
 
@@ -70,7 +74,7 @@ def _job(args) -> int:
     if args.job_command == "follow":
         return _finish(follow(client, args.submission_id))
     if args.job_command == "stop":
-        print(f"[emoverse] stop requested: {stop(client, args.submission_id)}")
+        log.info(f"stop requested: {stop(client, args.submission_id)}")
         return 0
     return _finish(status(client, args.submission_id))
 
@@ -82,14 +86,14 @@ def _cluster(args) -> int:
     if args.cluster_command == "up":
         spec = local_cluster.load_cluster_spec(args.spec)
         state = local_cluster.up(spec, args.state_dir, args.token_file or DEFAULT_TOKEN_FILE)
-        print(f"[emoverse] {spec.name}: {len(state['nodes'])} nodes up; dashboard "
-              f"{state['dashboard_url']}, GCS {state['gcs_address']}, token "
-              f"{state['token_file']}")
-        print(f"[emoverse] submit with: emoverse submit jobs/quickstart.yaml --address "
-              f"{state['dashboard_url']} --token-file {state['token_file']}")
+        log.info(f"{spec.name}: {len(state['nodes'])} nodes up; dashboard "
+                 f"{state['dashboard_url']}, GCS {state['gcs_address']}, token "
+                 f"{state['token_file']}")
+        log.info(f"submit with: emoverse submit jobs/quickstart.yaml --address "
+                 f"{state['dashboard_url']} --token-file {state['token_file']}")
         return 0
     if args.cluster_command == "down":
-        print(f"[emoverse] stopped {local_cluster.down(args.state_dir)} processes")
+        log.info(f"stopped {local_cluster.down(args.state_dir)} processes")
         return 0
     state = local_cluster.read_state(args.state_dir)
     if args.cluster_command == "address":

@@ -5,6 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from emoverse.cli.arguments import positive_int
+from emoverse.console import logger
+
+log = logger(__name__)
 
 BUILD = "build"
 
@@ -32,9 +35,8 @@ def _serve(args) -> int:
     from emoverse.serving.app import run_app
 
     served = _arguments(args, str(Path(args.target).resolve()))
-    print(f"[emoverse] serving {served.model} on http://{args.host}:{args.port} "
-          "(GET /healthz, /v1/models; POST /v1/analyze, /v1/chat/completions); Ctrl-C stops",
-          flush=True)
+    log.info(f"serving {served.model} on http://{args.host}:{args.port} "
+             "(GET /healthz, /v1/models; POST /v1/analyze, /v1/chat/completions); Ctrl-C stops")
     run_app(served, args.host, args.port, blocking=True)
     return 0
 

@@ -6,8 +6,10 @@ import time
 from pathlib import Path
 
 from emoverse.cli.arguments import positive_int
+from emoverse.console import logger
 from emoverse.model.architectures import ARCH_NAMES, DEFAULT_ARCH
 
+log = logger(__name__)
 
 def _quickstart(args) -> int:
     from emoverse.drivers.quickstart import run_quickstart
@@ -17,7 +19,7 @@ def _quickstart(args) -> int:
 
 
 def _train(args) -> int:
-    from emoverse.drivers.training import results_table, say, train_recipe
+    from emoverse.drivers.training import results_table, train_recipe
     from emoverse.recipe import load_recipe
 
     overrides = list(args.overrides)
@@ -30,7 +32,7 @@ def _train(args) -> int:
     if results.get("baseline"):
         print()
         print(results_table(results))
-    say(f"run directory: {Path(run_dir).resolve()}")
+    log.info(f"run directory: {Path(run_dir).resolve()}")
     return 0
 
 

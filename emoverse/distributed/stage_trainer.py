@@ -19,6 +19,7 @@ from emoverse.distributed.train_worker import worker_loop
 from emoverse.media.cache import clip_files
 from emoverse.emt.mixture import realise
 from emoverse.recipe import ScalingConfig, StageConfig
+from emoverse.train.stage import StageJob
 
 ROW_COLUMNS = ["sample_id", "prompt", "target", "frames"]
 SHUFFLE_BATCHES = 8  # each worker mixes rows across this many global batches' worth
@@ -129,15 +130,12 @@ def fit_stage(stage: StageConfig, cache_dir: str | Path, init_from: str | Path,
         ds = ds.materialize()
     trainer = TorchTrainer(
         worker_loop,
-        train_loop_config={
-            "stage": stage.model_dump(),
-            "init_from": str(init_from),
-            "torch_threads": scaling.torch_threads,
-            "total_steps": total_steps(stage, per_epoch),
-            "shuffle_buffer": SHUFFLE_BATCHES * stage.batch_size,
-            "lineage": {**lineage, "stage": stage.name, "mixture_seen": seen},
-            "validate": validation is not None,
-        },
+        train_loop_config=StageJob(
+            stage=stage, init_from=str(init_from), total_steps=total_steps(stage, per_epoch),
+            torch_threads=scaling.torch_threads,
+            shuffle_buffer=SHUFFLE_BATCHES * stage.batch_size,
+            lineage={**lineage, "stage": stage.name, "mixture_seen": seen},
+            validate=validation is not None).to_config(),
         scaling_config=ray_scaling(scaling),
         datasets={"train": ds},
         validation_config=ValidationConfig(

@@ -1,13 +1,12 @@
-"""Mixture sweeps on Ray Tune: one Tune function per trial runs the recipe's stages.
+"""Mixture sweeps on Ray Tune: the search, the scheduler and the Tune function of a trial.
 
-Each trial applies its sampled weights (`emoverse.sweep_space`) to the recipe and trains the
-stages in order with `fit_stage`, whose final checkpoint Ray Train validates; after each
-stage the trial reports the validation `objective` to Tune, so ASHA can stop a trial
-after stage 1. A stage whose configuration and parent are the same as an earlier
-trial's (a shared prefix) is reused from the sweep's stage store instead of retrained.
-TuneReportCallback is not used: it forwards every per-step progress report of the
-workers as a Tune result (without the objective, which Tune then refuses), while the
-objective comes from the validation of the stage's final checkpoint.
+A trial's work is the driver's (`emoverse.drivers.sweep.run_trial`: the recipe with the
+sampled weights, its stages through the stage chain); the Tune function here only hands it
+the sampled parameters and Tune's `report`, so ASHA sees the validation `objective` after
+each stage and can stop a trial after stage 1. TuneReportCallback is not used: it forwards
+every per-step progress report of the workers as a Tune result (without the objective,
+which Tune then refuses), while the objective comes from the validation of the stage's
+final checkpoint.
 
 The search is Optuna's TPE (`search="optuna"`) or Tune's random generator; both evaluate
 the given points first (the recipe's own values, then the space's `points`) and are
@@ -16,12 +15,16 @@ seeded, so a sweep's sequence of trials is reproducible.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
+from typing import Callable
 
-from emoverse.recipe import Recipe, apply_overrides
-from emoverse.sweep_space import SweepSpace, param_name, trial_overrides
+from emoverse.console import logger
+from emoverse.recipe import Recipe
+from emoverse.sweep_space import SweepSpace, param_name
+
+log = logger(__name__)
+Trial = Callable[[dict, dict, Callable[[dict], None]], None]  # (params, fixed, report)
 
 
 def tune_key(param: str) -> str:
@@ -44,47 +47,15 @@ def search_space(space: SweepSpace) -> dict:
     return {tune_key(k): v for k, v in params.items()}
 
 
-def prefix_key(parent_key: str, stage_json: str) -> str:
-    """A stage's identity: its configuration and everything it was trained from."""
-    return hashlib.sha256(f"{parent_key}|{stage_json}".encode()).hexdigest()[:16]
-
-
-def run_trial(config: dict, fixed: dict) -> None:
-    """Tune function: train the trial's recipe stage by stage, reporting the objective.
+def tune_function(config: dict, fixed: dict, trial: Trial) -> None:
+    """Tune function: `trial` on this trial's sampled parameters, reporting to Tune.
 
     `config` holds only the sampled parameters; what every trial shares (`fixed`: the
-    recipe, space, paths) comes through `tune.with_parameters`, so Tune's trial table,
+    recipe, space, data) comes through `tune.with_parameters`, so Tune's trial table,
     progress lines and saved configs stay the size of the search space."""
     from ray import tune
 
-    from emoverse.distributed.stage_trainer import fit_stage
-    from emoverse.evaluation.validation import validated_metrics
-    from emoverse.model.checkpoint import read_lineage
-    from emoverse.rundir import RunDir
-
-    base = Recipe.model_validate(fixed["recipe"])
-    space = SweepSpace.model_validate(fixed["space"])
-    recipe = apply_overrides(base, trial_overrides(base, space, trial_params(config)))
-    store = Path(fixed["sweep_dir"]) / "stages"
-    parent, parent_key = fixed["base_model"], fixed["data_key"]
-    for index, stage in enumerate(recipe.stages, start=1):
-        key = prefix_key(parent_key, stage.model_dump_json())
-        prefix = RunDir(store / key)
-        if not prefix.is_finished(stage.name):
-            final, reported = fit_stage(
-                stage, fixed["cache"], parent, store / key / "ray", recipe.scaling,
-                {"recipe": recipe.digest(), "manifest": fixed["manifest_hash"],
-                 "parent": str(parent)}, validation=fixed["validation"])
-            prefix.keep_stage(stage.name, final, str(parent), validated_metrics(reported))
-        checkpoint = prefix.checkpoint(stage.name)
-        validation = read_lineage(checkpoint).get("validation") or {}
-        if "objective" not in validation:
-            raise RuntimeError(f"stage {stage.name!r} of this trial has no validation "
-                               f"objective (see {checkpoint})")
-        tune.report({"objective": validation["objective"], "stage": index,
-                     "stage_name": stage.name, "checkpoint": str(checkpoint),
-                     **{k: v for k, v in validation.items() if "/" in k}})
-        parent, parent_key = str(checkpoint), key
+    trial(trial_params(config), fixed, tune.report)
 
 
 def trial_params(config: dict) -> dict:
@@ -107,19 +78,20 @@ def searcher(search: str, points: list[dict], seed: int, concurrent: int):
     raise ValueError(f"unknown search {search!r} (optuna or random)")
 
 
-def tune_sweep(recipe: Recipe, space: SweepSpace, trials: int, sweep_dir: Path, fixed: dict,
-               concurrent: int, search: str = "optuna", points: list[dict] | None = None,
-               seed: int = 0, early_stopping: bool = True):
+def tune_sweep(trial: Trial, recipe: Recipe, space: SweepSpace, trials: int, sweep_dir: Path,
+               fixed: dict, concurrent: int, search: str = "optuna",
+               points: list[dict] | None = None, seed: int = 0, early_stopping: bool = True):
     """Run (or resume) the sweep's trials on Ray Tune with ASHA; returns the ResultGrid."""
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
     shared = json.loads(json.dumps(fixed, default=str))
-    trainable = tune.with_resources(tune.with_parameters(run_trial, fixed=shared),
+    trainable = tune.with_resources(tune.with_parameters(tune_function, fixed=shared,
+                                                         trial=trial),
                                     {"cpu": 0.01})  # its stages reserve their own
     storage = sweep_dir / "tune"
     if tune.Tuner.can_restore(str(storage / "sweep")):  # an interrupted sweep resumes
-        print(f"sweep: resuming the Tune experiment under {storage / 'sweep'}", flush=True)
+        log.info("sweep: resuming the Tune experiment under %s", storage / "sweep")
         tuner = tune.Tuner.restore(str(storage / "sweep"), trainable=trainable,
                                    resume_errored=True)
         return tuner.fit()

@@ -10,8 +10,11 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from emoverse.drivers.training import results_table, say, train_recipe
+from emoverse.console import logger
+from emoverse.drivers.training import results_table, train_recipe
 from emoverse.recipe import load_recipe
+
+log = logger(__name__)
 
 DEFAULT_SIZE = 4600  # ~3000 face-bearing training clips: fewer were memorised, not learnt
 
@@ -27,5 +30,5 @@ def run_quickstart(out: str | Path | None = None, size: int = DEFAULT_SIZE, seed
     print()
     print(results_table(results))
     print()
-    say(f"finished in {time.time() - start:.0f}s; everything is under {run_dir}")
+    log.info(f"finished in {time.time() - start:.0f}s; everything is under {run_dir}")
     return run_dir

@@ -11,20 +11,24 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Callable
 
 import pandas as pd
 
+from emoverse.console import logger
 from emoverse.distributed.media_stage import run_media_stage
 from emoverse.distributed.session import cluster_resources, ensure_ray
 from emoverse.distributed.tuning import trial_params, tune_sweep
-from emoverse.emt.manifest import manifest_hash, read_manifest
-from emoverse.model.generation import answer_budget
+from emoverse.drivers.chain import ChainData, PrefixStore, chain_data, train_stages
+from emoverse.emt.manifest import read_manifest
 from emoverse.figures import pyplot
-from emoverse.drivers.training import say
+from emoverse.model.checkpoint import read_lineage
 from emoverse.recipe import Recipe, apply_overrides, dump_recipe
 from emoverse.rundir import RunDir
-from emoverse.sweep_space import SweepSpace, param_name, point_params, recipe_point, trial_overrides
+from emoverse.sweep_space import (SweepSpace, param_name, point_params, recipe_point,
+                                  trial_overrides)
 
+log = logger(__name__)
 BEST = "best-recipe.yaml"
 SHARE = " share"
 
@@ -58,22 +62,15 @@ def run_sweep(recipe: Recipe, space: SweepSpace, trials: int, sweep_dir: str | P
     ensure_ray()
     cache = run_media_stage(manifest, recipe.media, sweep.media_cache,
                             resources=recipe.scaling.media_resources)
-    fixed = {
-        "recipe": recipe.model_dump(mode="json"), "space": space.model_dump(mode="json"),
-        "sweep_dir": str(sweep.path), "base_model": base, "cache": str(cache),
-        "manifest_hash": manifest_hash(manifest),
-        "data_key": f"{base}|{manifest_hash(manifest)}|{recipe.media.model_dump_json()}",
-        "validation": {"cache_dir": str(cache), "manifest": str(manifest), "split": "valid",
-                       "max_new_tokens": recipe.eval.max_new_tokens
-                       or answer_budget(frame, base, "valid"),
-                       "batch_size": recipe.eval.batch_size},
-    }
+    fixed = {"recipe": recipe.model_dump(mode="json"), "space": space.model_dump(mode="json"),
+             "stages": str(sweep.path / "stages"),
+             "data": chain_data(recipe, base, manifest, cache).to_dict()}
     concurrent = concurrent_trials(recipe, cluster_resources())
-    say(f"sweep: {trials} trials ({search} search, seed {seed}), {concurrent} at a time, "
-        f"{'ASHA' if early_stopping else 'no early stopping'} over {len(recipe.stages)} "
-        f"stages, under {sweep.path}")
-    results = tune_sweep(recipe, space, trials, sweep.path, fixed, concurrent, search,
-                         start_points(recipe, space, baseline), seed, early_stopping)
+    log.info("sweep: %d trials (%s search, seed %d), %d at a time, %s over %d stages, under %s",
+             trials, search, seed, concurrent, "ASHA" if early_stopping else "no early stopping",
+             len(recipe.stages), sweep.path)
+    results = tune_sweep(run_trial, recipe, space, trials, sweep.path, fixed, concurrent,
+                         search, start_points(recipe, space, baseline), seed, early_stopping)
     table = with_shares(trial_table(results), space)
     table.to_csv(sweep.path / "trials.csv", index=False)
     plot_objective(table, sweep.path / "objective.png")
@@ -84,11 +81,28 @@ def run_sweep(recipe: Recipe, space: SweepSpace, trials: int, sweep_dir: str | P
     return {"table": table, "best": best.to_dict(), "recipe": sweep.path / BEST}
 
 
+def run_trial(params: dict, fixed: dict, report: Callable[[dict], None]) -> None:
+    """One trial: the recipe with the trial's sampled `params`, its stages trained in
+    order (those an earlier trial shares reused from the sweep's stage store), and after
+    each stage its validation objective reported, so ASHA can stop the trial there."""
+    base = Recipe.model_validate(fixed["recipe"])
+    space = SweepSpace.model_validate(fixed["space"])
+    recipe = apply_overrides(base, trial_overrides(base, space, params))
+    for done in train_stages(recipe, ChainData(**fixed["data"]), PrefixStore(fixed["stages"])):
+        validation = read_lineage(done.checkpoint).get("validation") or {}
+        if "objective" not in validation:
+            raise RuntimeError(f"stage {done.stage.name!r} of this trial has no validation "
+                               f"objective (see {done.checkpoint})")
+        report({"objective": validation["objective"], "stage": done.index,
+                "stage_name": done.stage.name, "checkpoint": str(done.checkpoint),
+                **{k: v for k, v in validation.items() if "/" in k}})
+
+
 def start_points(recipe: Recipe, space: SweepSpace, baseline: bool) -> list[dict]:
     """Tune parameters evaluated before the search: the recipe's values, the space's points."""
     own = recipe_point(recipe, space) if baseline else None
     if baseline and own is None:
-        say("sweep: the recipe's own values lie outside the space; not evaluated first")
+        log.info("sweep: the recipe's own values lie outside the space; not evaluated first")
     return [point_params(p) for p in ([own] if own else []) + space.points]
 
 

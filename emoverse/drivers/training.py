@@ -1,32 +1,32 @@
-"""Run a recipe: data, media stage, then each stage's training and evaluation, in order.
+"""`emoverse train RECIPE [KEY=VALUE ...] [--run-dir DIR] [--stage NAME ...]`
 
-Reads top to bottom like a torchtune recipe; the Ray work happens in
-`emoverse.distributed`, everything else is plain Python. Finished stages are skipped,
-an interrupted stage resumes from its last checkpoint (see `emoverse.rundir`).
+A recipe run, top to bottom like a torchtune recipe: the run directory, the base model
+and data, the media stage on Ray Data, then the stage chain (`emoverse.drivers.chain`) on
+Ray Train with each stage evaluated as it is done. Finished stages are skipped and an
+interrupted stage resumes from its last checkpoint (see `emoverse.rundir`).
 """
 
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
+from emoverse.console import logger
 from emoverse.distributed.media_stage import run_media_stage
 from emoverse.distributed.session import ensure_ray
-from emoverse.distributed.stage_trainer import fit_stage
-from emoverse.emt.manifest import manifest_hash, read_manifest
+from emoverse.drivers.chain import RunStore, chain_data, train_stages
 from emoverse.drivers.evaluation import EvalRequest
-from emoverse.model.generation import answer_budget
 from emoverse.drivers.evaluation import evaluate as evaluate_model
+from emoverse.emt.manifest import read_manifest
 from emoverse.evaluation.scoring import table
-from emoverse.evaluation.validation import validated_metrics
+from emoverse.media.cache import read_stats
 from emoverse.model.checkpoint import read_lineage
 from emoverse.recipe import Recipe
 from emoverse.rundir import RunDir
 from emoverse.train.curves import write_loss_curves
 
-
-def say(message: str) -> None:
-    print(f"[emoverse] {message}", flush=True)
+log = logger(__name__)
 
 
 def train_recipe(recipe: Recipe, run_dir: str | Path, stages: list[str] | None = None,
@@ -38,51 +38,38 @@ def train_recipe(recipe: Recipe, run_dir: str | Path, stages: list[str] | None =
         read_manifest(recipe.data.manifest)  # so does a missing or invalid manifest
     run = RunDir(run_dir)
     run.start(recipe)
-    say(f"run directory: {run.path}")
+    log.info("run directory: %s", run.path)
     base = run.base_model(recipe)
-    manifest_path = run.manifest(recipe, progress=_demo_progress())
+    manifest = run.manifest(recipe, progress=_demo_progress())
     ensure_ray()
 
-    say("media stage: decoding clips and cropping faces on Ray Data")
-    cache = run_media_stage(manifest_path, recipe.media, cache_root or run.media_cache,
+    log.info("media stage: decoding clips and cropping faces on Ray Data")
+    cache_root = Path(cache_root or run.media_cache)
+    cache = run_media_stage(manifest, recipe.media, cache_root,
                             resources=recipe.scaling.media_resources)
-    stats = json.loads((cache / "stats.json").read_text())
-    say(f"media: {stats['ok']}/{stats['clips']} clips usable, face found in "
-        f"{stats['face_found_rate']:.0%}, {stats['failed']} failed (see {cache}/stats.json)")
+    stats = read_stats(cache)
+    log.info("media: %d/%d clips usable, face found in %.0f%%, %d failed (see %s/stats.json)",
+             stats["ok"], stats["clips"], 100 * stats["face_found_rate"], stats["failed"], cache)
 
     results = _previous_results(run)
     results["media"] = {k: v for k, v in stats.items() if k != "errors"}
-    lineage = {"recipe": recipe.digest(), "manifest": manifest_hash(manifest_path)}
-    parent, previous_eval = base, None
-    for stage in recipe.stages:
-        checkpoint = run.checkpoint(stage.name)
-        if run.is_finished(stage.name):
-            say(f"{stage.name}: finished earlier, reusing {checkpoint}")
-        elif stages and stage.name not in stages:
-            raise ValueError(f"stage {stage.name!r} comes before the requested stages and has "
-                             f"not finished in {run.path}; run it first")
-        else:
-            say(f"training {stage.name} ({stage.trainable.mode}, {stage.strategy.kind}) on "
-                f"Ray Train, {recipe.scaling.num_workers} workers")
-            final, reported = fit_stage(stage, cache, parent, run.ray_storage, recipe.scaling,
-                                        {**lineage, "parent": str(parent)},
-                                        validation=_validation(recipe, cache, manifest_path, base))
-            run.keep_stage(stage.name, final, str(parent), validated_metrics(reported) or None)
+    previous_eval = None
+    data = chain_data(recipe, base, manifest, cache)
+    for done in train_stages(recipe, data, RunStore(run), only=stages):
+        name = done.stage.name
+        if done.trained:
             write_loss_curves({s.name: read_lineage(run.checkpoint(s.name))
                                for s in recipe.stages if run.is_finished(s.name)},
                               run.path / "loss.png")
-        if evaluate and stage.name not in results["stages"]:
-            say(f"evaluating {stage.name} on the {recipe.eval.split} split")
-            request = EvalRequest(
-                model=checkpoint, manifest=manifest_path, media=recipe.media,
-                out=run.evaluation(stage.name, recipe.eval.split), config=recipe.eval,
-                cache_root=Path(cache_root or run.media_cache), previous=previous_eval)
-            _record_evaluation(run, results, stage.name, request)
-        if evaluate:
-            previous_eval = run.evaluation(stage.name, recipe.eval.split)
-        parent = checkpoint
-        if stages and stage.name == stages[-1]:
-            break
+        if not evaluate:
+            continue
+        report = run.evaluation(name, recipe.eval.split)
+        if name not in results["stages"]:
+            log.info("evaluating %s on the %s split", name, recipe.eval.split)
+            _record_evaluation(run, results, name, EvalRequest(
+                model=done.checkpoint, manifest=manifest, media=recipe.media, out=report,
+                config=recipe.eval, cache_root=cache_root, previous=previous_eval))
+        previous_eval = report
     return results
 
 
@@ -96,17 +83,6 @@ def _record_evaluation(run: RunDir, results: dict, stage: str, request: EvalRequ
     run.metrics_file.write_text(json.dumps(results, indent=2, default=float))
 
 
-def _validation(recipe: Recipe, cache: Path, manifest_path: Path, base: str) -> dict | None:
-    """What Ray Train's validation of each stage needs, when the recipe asks for it."""
-    split = recipe.eval.validate_split
-    if split is None:
-        return None
-    manifest = read_manifest(manifest_path).to_pandas()
-    budget = recipe.eval.max_new_tokens or answer_budget(manifest, base, split)
-    return {"cache_dir": str(cache), "manifest": str(manifest_path), "split": split,
-            "max_new_tokens": budget, "batch_size": recipe.eval.batch_size}
-
-
 def _previous_results(run: RunDir) -> dict:
     if run.metrics_file.is_file():
         return json.loads(run.metrics_file.read_text())
@@ -114,14 +90,12 @@ def _previous_results(run: RunDir) -> dict:
 
 
 def _demo_progress():
-    import time
-
     last = [0.0]
 
     def progress(done: int, total: int) -> None:
         if time.time() - last[0] > 5 or done == total:
             last[0] = time.time()
-            say(f"  demo clips {done}/{total}")
+            log.info("  demo clips %d/%d", done, total)
 
     return progress
 

@@ -1,0 +1,42 @@
+"""What emoverse tells the person running it: the `emoverse` logger's records, printed as
+`[emoverse] message` on standard output.
+
+Like Ray's and transformers' loggers, the package's logger has a handler of its own and
+does not propagate to the root logger, so a line appears once whether the root logger is
+configured (a Ray Train worker's is) or not. `logger(__name__)` is how modules get it.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+PACKAGE = "emoverse"
+
+
+class _Stdout(logging.StreamHandler):
+    """Writes to whatever `sys.stdout` is when a record comes: test captures and a
+    followed job's output replace it after the handler is made."""
+
+    def __init__(self):
+        super().__init__(sys.stdout)
+
+    @property
+    def stream(self):
+        return sys.stdout
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
+def logger(name: str) -> logging.Logger:
+    """The logger of module `name`, under the package's console handler."""
+    package = logging.getLogger(PACKAGE)
+    if not package.handlers:
+        handler = _Stdout()
+        handler.setFormatter(logging.Formatter(f"[{PACKAGE}] %(message)s"))
+        package.addHandler(handler)
+        package.setLevel(logging.INFO)
+        package.propagate = False
+    return logging.getLogger(name)

@@ -1,0 +1,127 @@
+"""The M2SE stage chain, written once: a recipe's stages in order, each trained on Ray Train
+from the previous stage's checkpoint, or reused where it has already finished.
+
+`train_stages` yields each stage as it is done, so a recipe run evaluates it and a sweep
+trial reports its objective, while what happens in between is the same for both: the
+lineage every checkpoint records, Ray Train's validation of the final checkpoint, and
+keeping the stage in Hugging Face form. Where a stage lives is the caller's `StageStore`:
+all stages of a run in its run directory (`RunStore`), or, in a sweep, each stage keyed by
+its configuration and everything it was trained from (`PrefixStore`), so trials sharing a
+prefix of stages share those stages.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Iterator, Protocol
+
+from emoverse.console import logger
+from emoverse.distributed.stage_trainer import fit_stage
+from emoverse.emt.manifest import manifest_hash, read_manifest
+from emoverse.evaluation.validation import validated_metrics
+from emoverse.model.generation import answer_budget
+from emoverse.recipe import Recipe, StageConfig
+from emoverse.rundir import RunDir
+
+log = logger(__name__)
+
+
+@dataclass(frozen=True)
+class ChainData:
+    """What every stage of a chain starts from and trains on."""
+
+    base_model: str  # the first stage's parent
+    manifest: str
+    cache: str  # the media stage's cache of the manifest
+    key: str  # identity of base model, manifest and media: the root of prefix keys
+    validation: dict | None = None  # keyword arguments of `evaluation.validation.validate`
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def chain_data(recipe: Recipe, base_model: str, manifest: str | Path,
+               cache: str | Path) -> ChainData:
+    """The chain's data, with Ray Train's validation when the recipe asks for it."""
+    digest = manifest_hash(manifest)
+    validation = None
+    if recipe.eval.validate_split is not None:
+        split = recipe.eval.validate_split
+        budget = recipe.eval.max_new_tokens or answer_budget(
+            read_manifest(manifest).to_pandas(), base_model, split)
+        validation = {"cache_dir": str(cache), "manifest": str(manifest), "split": split,
+                      "max_new_tokens": budget, "batch_size": recipe.eval.batch_size}
+    return ChainData(base_model=str(base_model), manifest=str(manifest), cache=str(cache),
+                     key=f"{base_model}|{digest}|{recipe.media.model_dump_json()}",
+                     validation=validation)
+
+
+@dataclass(frozen=True)
+class StageDone:
+    stage: StageConfig
+    index: int  # 1-based position in the recipe
+    checkpoint: Path  # the stage in Hugging Face form, with lineage.json
+    trained: bool  # False: reused, finished earlier
+
+
+class StageStore(Protocol):
+    def __call__(self, stage: StageConfig, key: str) -> tuple[RunDir, Path]:
+        """Where the stage with prefix key `key` is kept, and Ray Train's state of it."""
+
+
+class RunStore:
+    """Every stage of one run in its run directory (`checkpoints/<stage>`, `ray/`)."""
+
+    def __init__(self, run: RunDir):
+        self.run = run
+
+    def __call__(self, stage: StageConfig, key: str) -> tuple[RunDir, Path]:
+        return self.run, self.run.ray_storage
+
+
+class PrefixStore:
+    """Stages under `root/<prefix key>/`: a stage trained once serves every trial whose
+    stages up to it are the same."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+
+    def __call__(self, stage: StageConfig, key: str) -> tuple[RunDir, Path]:
+        return RunDir(self.root / key), self.root / key / "ray"
+
+
+def prefix_key(parent_key: str, stage: StageConfig) -> str:
+    """A stage's identity: its configuration and everything it was trained from."""
+    return hashlib.sha256(f"{parent_key}|{stage.model_dump_json()}".encode()).hexdigest()[:16]
+
+
+def train_stages(recipe: Recipe, data: ChainData, store: StageStore,
+                 only: list[str] | None = None) -> Iterator[StageDone]:
+    """Train (or reuse) the recipe's stages in order, each from the previous one's
+    checkpoint, yielding each when done. With `only`, the chain ends at the last of those
+    stages, and every stage before them must have finished already."""
+    lineage = {"recipe": recipe.digest(), "manifest": manifest_hash(data.manifest)}
+    parent, key = data.base_model, data.key
+    for index, stage in enumerate(recipe.stages, start=1):
+        key = prefix_key(key, stage)
+        run, ray_storage = store(stage, key)
+        checkpoint = run.checkpoint(stage.name)
+        trained = not run.is_finished(stage.name)
+        if not trained:
+            log.info("%s: finished earlier, reusing %s", stage.name, checkpoint)
+        elif only and stage.name not in only:
+            raise ValueError(f"stage {stage.name!r} comes before the requested stages and has "
+                             f"not finished in {run.path}; run it first")
+        else:
+            log.info("training %s (%s, %s) on Ray Train, %d workers", stage.name,
+                     stage.trainable.mode, stage.strategy.kind, recipe.scaling.num_workers)
+            final, reported = fit_stage(stage, data.cache, parent, ray_storage, recipe.scaling,
+                                        {**lineage, "parent": str(parent)},
+                                        validation=data.validation)
+            run.keep_stage(stage.name, final, str(parent), validated_metrics(reported) or None)
+        yield StageDone(stage, index, checkpoint, trained)
+        if only and stage.name == only[-1]:
+            return
+        parent = checkpoint

@@ -1,0 +1,216 @@
+"""One M2SE stage as one process of a training group runs it. No Ray.
+
+`train(job, session)` is the whole stage: load the parent checkpoint, choose the trainable
+parts, build the engine, resume from the session's checkpoint, train every epoch, and
+checkpoint with lineage. The session is what the runtime gives the process: its rank and
+device, its batches, the checkpoint to resume from, and where reports and checkpoints go.
+Ray Train's worker (`emoverse.distributed.train_worker`) is one session; `LocalSession`
+(one process, rows in memory, checkpoints in a directory) is another, so a stage runs and
+is tested without a cluster.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import (Any, Callable, ContextManager, Iterable, Iterator, Mapping, Protocol,
+                    Sequence)
+
+import numpy as np
+
+from emoverse.console import logger
+from emoverse.model.checkpoint import (apply_trainable, finish_checkpoint, load_model,
+                                       load_processor, trainable_summary, weights_dir)
+from emoverse.model.inputs import Collator
+from emoverse.recipe import StageConfig
+from emoverse.train.engine import make_engine
+from emoverse.train.loop import LoopState, train_epochs
+
+log = logger(__name__)
+LOOP_STATE = "loop_state.json"  # the loop's position, in every resumable checkpoint
+ENGINE_DIR = "engine"  # the engine's optimiser and schedule state
+
+
+@dataclass(frozen=True)
+class StageJob:
+    """Everything a process needs to run a stage: Ray Train's `train_loop_config`."""
+
+    stage: StageConfig
+    init_from: str  # the parent: a model directory, hub id or stage checkpoint
+    total_steps: int
+    torch_threads: int = 1
+    shuffle_buffer: int = 0  # rows each process mixes its shard across (0: none)
+    lineage: dict = field(default_factory=dict)  # recorded with the final checkpoint
+    validate: bool = False  # ask the runtime to validate the final checkpoint
+
+    def to_config(self) -> dict:
+        return {**asdict(self), "stage": self.stage.model_dump(mode="json")}
+
+    @classmethod
+    def from_config(cls, config: Mapping) -> "StageJob":
+        return cls(**{**config, "stage": StageConfig(**config["stage"])})
+
+
+class Session(Protocol):
+    """What the runtime gives one process of a stage."""
+
+    rank: int
+    world_size: int
+    device: Any  # a torch device
+
+    def epoch_batches(self, epoch: int, batch_size: int,
+                      collate: Callable[[Mapping], dict]) -> Iterable[dict]:
+        """This process's micro-batches of `epoch`, collated."""
+
+    def prepare(self, model):
+        """The model on this process's device, wrapped for data parallelism if needed."""
+
+    def restored(self) -> ContextManager[Path | None]:
+        """The directory of the checkpoint to resume from, or None to start afresh."""
+
+    def report(self, metrics: dict, checkpoint: Path | None = None,
+               validate: bool = False) -> None:
+        """Progress, and a checkpoint directory to keep (every process, the same calls)."""
+
+
+def train(job: StageJob, session: Session) -> LoopState:
+    """Run `job`'s stage on `session`, resuming from its checkpoint; the final loop state."""
+    import torch
+
+    stage, main = job.stage, session.rank == 0
+    torch.set_num_threads(job.torch_threads)
+    torch.manual_seed(stage.seed)
+    processor = load_processor(job.init_from)
+    collate = Collator(processor, stage.max_length)
+    per_process = stage.batch_size // session.world_size
+    with session.restored() as resume:
+        state = LoopState.from_dict(json.loads((resume / LOOP_STATE).read_text())) \
+            if resume else LoopState()
+        # Start the data pipeline now: its start-up overlaps the model's loading.
+        feed = EpochFeed(lambda epoch: session.epoch_batches(epoch, per_process, collate),
+                         first_epoch=state.epoch)
+        model = apply_trainable(load_model(job.init_from), stage.trainable)
+        if main:
+            log.info("[%s] %s", stage.name, trainable_summary(model))
+        # DeepSpeed wraps and distributes the model itself.
+        model = session.prepare(model) if stage.strategy.kind == "ddp" else \
+            model.to(session.device)
+        engine = make_engine(model, stage, job.total_steps)
+        if resume:
+            engine.load(resume / ENGINE_DIR)
+            if main:
+                log.info("[%s] resumed from a checkpoint at step %d/%d (epoch %d, %d steps in)",
+                         stage.name, state.step, job.total_steps, state.epoch + 1,
+                         state.epoch_step)
+    resumed_at = state.step if resume else None
+    device = getattr(engine, "device", None) or session.device
+
+    def epoch_batches(epoch: int):
+        for batch in feed(epoch):
+            yield {k: v.to(device) for k, v in batch.items()}
+
+    def progress(state: LoopState, metrics: dict) -> dict:
+        return {"step": state.step, "epoch": state.epoch, "loss": metrics["loss"],
+                "samples_per_second": state.samples_per_second * session.world_size,
+                "data_wait_fraction": state.data_wait_fraction}
+
+    def on_log(state: LoopState, metrics: dict) -> None:
+        report = progress(state, metrics)
+        if main:
+            log.info("[%s] step %d/%d loss %.4f lr %.2e %.0f samples/s data wait %.0f%%",
+                     stage.name, state.step, job.total_steps, metrics["loss"], metrics["lr"],
+                     report["samples_per_second"], 100 * state.data_wait_fraction)
+        session.report(report)  # every process reports at the same steps
+
+    def on_checkpoint(state: LoopState, metrics: dict, final: bool) -> None:
+        with tempfile.TemporaryDirectory() as tmp:
+            engine.save(Path(tmp) / ENGINE_DIR, is_main=main)  # collective for DeepSpeed
+            if final and engine.save_pretrained(Path(tmp) / weights_dir(engine.module),
+                                                is_main=main):
+                lineage = {**job.lineage, "step": state.step, "loss": metrics["loss"],
+                           "losses": state.losses, "log_every": stage.log_every,
+                           "samples_per_second": state.samples_per_second * session.world_size,
+                           "data_wait_fraction": state.data_wait_fraction,
+                           "warm_data_wait_fraction": state.warm_data_wait_fraction,
+                           "resumed_at_step": resumed_at}
+                finish_checkpoint(processor, tmp, lineage)
+            if main:
+                (Path(tmp) / LOOP_STATE).write_text(json.dumps(state.to_dict()))
+            written = any(Path(tmp).rglob("*.*"))
+            session.report({**progress(state, metrics), "final": final},
+                           checkpoint=Path(tmp) if written else None,
+                           validate=bool(final and job.validate and written))
+
+    return train_epochs(engine, epoch_batches, stage, job.total_steps, state, on_log=on_log,
+                        on_checkpoint=on_checkpoint)
+
+
+class EpochFeed:
+    """Each epoch's batches; the first epoch's first batch is fetched in the background
+    from construction on, so the pipeline warms up while the caller does other work."""
+
+    def __init__(self, batches: Callable[[int], Iterable[dict]], first_epoch: int):
+        self._batches, self._first = batches, first_epoch
+        self._iterator = iter(batches(first_epoch))
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="epoch-feed")
+        self._head = self._pool.submit(next, self._iterator, _END)
+
+    def __call__(self, epoch: int):
+        if epoch != self._first or self._head is None:
+            yield from self._batches(epoch)
+            return
+        head, self._head = self._head.result(), None
+        self._pool.shutdown(wait=False)
+        if head is _END:
+            return
+        yield head
+        yield from self._iterator
+
+
+_END = object()
+
+
+class LocalSession:
+    """One process, no cluster: rows held in memory, reshuffled every epoch with a seeded
+    permutation, checkpoints copied to `storage/checkpoint_<step>`, reports kept in
+    `reports`. Resumes from the newest checkpoint under `storage`, like a Ray Train run."""
+
+    rank, world_size = 0, 1
+
+    def __init__(self, rows: Sequence[Mapping], storage: str | Path, seed: int = 0,
+                 device: str = "cpu"):
+        import torch
+
+        self.rows, self.storage, self.seed = rows, Path(storage), seed
+        self.device = torch.device(device)
+        self.reports: list[dict] = []
+
+    def epoch_batches(self, epoch: int, batch_size: int,
+                      collate: Callable[[Mapping], dict]) -> Iterator[dict]:
+        order = np.random.default_rng([self.seed, epoch]).permutation(len(self.rows))
+        for start in range(0, len(order) - batch_size + 1, batch_size):  # whole batches
+            chunk = [self.rows[i] for i in order[start:start + batch_size]]
+            yield collate({key: [row[key] for row in chunk] for key in chunk[0]})
+
+    def prepare(self, model):
+        return model.to(self.device)
+
+    @contextmanager
+    def restored(self) -> Iterator[Path | None]:
+        yield self.latest_checkpoint()
+
+    def latest_checkpoint(self) -> Path | None:
+        saved = sorted(self.storage.glob("checkpoint_*"))
+        return saved[-1] if saved else None
+
+    def report(self, metrics: dict, checkpoint: Path | None = None,
+               validate: bool = False) -> None:
+        self.reports.append(metrics)
+        if checkpoint is not None:
+            shutil.copytree(checkpoint, self.storage / f"checkpoint_{metrics['step']:08d}",
+                            dirs_exist_ok=True)

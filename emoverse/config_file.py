@@ -120,3 +120,16 @@ def _set_path(data: dict, dotted: str, value: Any) -> None:
         node[int(last)] = value
     else:
         node[last] = value
+
+
+def override_sections(sections: dict[str, M], overrides: Sequence[str]) -> dict[str, M]:
+    """Config sections (`{"media": MediaConfig(...), ...}`) with `SECTION.KEY=VALUE`
+    overrides applied and validated again, as a recipe's would be."""
+    data = {name: section.model_dump(mode="json") for name, section in sections.items()}
+    apply_key_values(data, overrides)
+    unknown = sorted(set(data) - set(sections))
+    if unknown:
+        raise ConfigError(f"overrides: unknown section(s) {', '.join(unknown)}; give "
+                          f"{' or '.join(f'{name}.KEY=VALUE' for name in sections)}")
+    return {name: validated(type(section), data[name], f"{name} overrides")
+            for name, section in sections.items()}

@@ -6,8 +6,9 @@ from emoverse.cli import build_parser, main
 
 COMMANDS = [[], ["quickstart"], ["model"], ["model", "init-tiny"], ["emt"], ["emt", "demo"],
             ["emt", "build"], ["emt", "stats"], ["media"], ["media", "run"], ["media", "inspect"],
-            ["bench"], ["bench", "media"], ["bench", "train"], ["train"], ["export"], ["eval"], ["eval", "compare"], ["sweep"],
-            ["recipes"]]
+            ["bench"], ["bench", "media"], ["bench", "train"], ["train"], ["export"], ["eval"],
+            ["eval", "run"], ["eval", "compare"], ["sweep"], ["recipes"], ["serve"],
+            ["serve", "run"], ["serve", "build"]]
 
 
 @pytest.mark.parametrize("words", COMMANDS)

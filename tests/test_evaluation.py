@@ -15,12 +15,12 @@ from emoverse.emt.manifest import read_manifest
 
 pytestmark = pytest.mark.integration
 
-MEDIA = ["--frames", "4", "--size", "56"]
+MEDIA = ["media.num_frames=4", "media.size=56"]
 
 
 def eval_args(model, manifest, out, cache):
-    return ["eval", "--model", str(model), "--manifest", str(manifest), "--out", str(out),
-            "--cache", str(cache), "--max-new-tokens", "6", "--batch-size", "8", *MEDIA]
+    return ["eval", "run", "--model", str(model), "--manifest", str(manifest), "--out", str(out),
+            "--cache", str(cache), "eval.max_new_tokens=6", "eval.batch_size=8", *MEDIA]
 
 
 @pytest.fixture(scope="module")

@@ -2,6 +2,7 @@
 manifests against the CRD schemas, the image and version pins, the VM cluster launcher
 config, and the local multi-node rehearsal cluster."""
 
+import argparse
 import json
 import os
 import re
@@ -64,7 +65,11 @@ def test_every_job_file_loads_validates_and_opens_with_its_launch_command(path):
     choices = build_parser()._subparsers._group_actions[0].choices
     if words[3] not in choices:
         pytest.skip(f"`emoverse {words[3]}` is not registered yet")
-    known = {o for a in choices[words[3]]._actions for o in a.option_strings}
+    command = choices[words[3]]
+    actions = [a for a in command._actions if isinstance(a, argparse._SubParsersAction)]
+    if actions:  # `emoverse eval run`, `serve run`: the action's own options
+        command = actions[0].choices[words[4]]
+    known = {o for a in command._actions for o in a.option_strings}
     assert {w for w in words if w.startswith("--")} <= known
 
 

@@ -59,9 +59,11 @@ def test_compare_table_lists_shared_metrics_with_differences():
 @pytest.mark.parametrize("args, message", [
     (["--model", "missing-dir"], "does not exist"),
     ([], "give --model"),
+    (["--model", "TMP", "detector=haar"], "unknown section(s) detector"),
+    (["--model", "TMP", "--manifest", "m.parquet", "eval.split=dev"], "field 'split'"),
 ])
-def test_eval_rejects_bad_input(args, message, capsys):
+def test_eval_rejects_bad_input(args, message, capsys, tmp_path):
     from emoverse.cli import main
 
-    assert main(["eval", *args]) == 2
+    assert main(["eval", "run", *[str(tmp_path) if a == "TMP" else a for a in args]]) == 2
     assert message in capsys.readouterr().err

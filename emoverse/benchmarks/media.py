@@ -120,14 +120,17 @@ def run(clips: int = 150, scale: int = 5, detector: str = "haar",
 
 
 def report(r: dict) -> str:
+    from tabulate import tabulate
+
+    rows = [["(a) naive single-process loop", f"{r['naive_clips_per_s']:.1f}", ""],
+            ["(b) Ray Data media stage", f"{r['pipeline_clips_per_s']:.1f}",
+             f"{r['pipeline_small_clips_per_s']:.1f} on {r['clips_small']} clips, start-up "
+             "included"],
+            ["(c) decode alone, one process", f"{r['decode_clips_per_s']:.1f}", ""]]
     return "\n".join([
         f"clips: {r['clips']} (and {r['clips_small']} for the memory check), "
         f"detector {r['detector']}",
-        f"(a) naive single-process loop   {r['naive_clips_per_s']:8.1f} clips/s",
-        f"(b) Ray Data media stage        {r['pipeline_clips_per_s']:8.1f} clips/s "
-        f"({r['pipeline_small_clips_per_s']:.1f} on {r['clips_small']} clips, start-up "
-        f"included)",
-        f"(c) decode alone, one process   {r['decode_clips_per_s']:8.1f} clips/s",
+        tabulate(rows, headers=["", "clips/s", "note"], disable_numparse=True),
         f"b/a = {r['b_over_a']:.2f} ({r['b_over_a_small']:.2f} on {r['clips_small']} clips)"
         f"   b/c = {r['b_over_c']:.2f}",
         f"peak RSS of driver + Ray workers: {r['peak_rss_small_mb']:.0f} MiB on "

@@ -155,15 +155,16 @@ def run(model: str | None = None, clients: int = 16, duration: float = 20.0,
 
 
 def report(r: dict) -> str:
-    lines = [f"closed loop: {r['clients']} clients x {r['duration']:g}s per mode, /v1/analyze "
-             f"over {r['bodies']} demo rows (all five tasks), {r['new_tokens']} new tokens "
-             f"per answer at most; model {r['model']}",
-             f"{'batching':10} {'requests':>9} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} "
-             f"{'errors':>7} {'mean batch':>11}"]
-    for mode in ("off", "on"):
-        m = r[mode]
-        lines.append(f"{mode:10} {m['requests']:9d} {m['requests_per_second']:8.1f} "
-                     f"{m['p50_ms']:8.1f} {m['p99_ms']:8.1f} {m['errors']:7d} "
-                     f"{m['mean_batch']:11.1f}")
-    lines.append(f"throughput on/off = {r['ratio']:.2f}")
-    return "\n".join(lines)
+    from tabulate import tabulate
+
+    rows = [[mode, r[mode]["requests"], f"{r[mode]['requests_per_second']:.1f}",
+             f"{r[mode]['p50_ms']:.1f}", f"{r[mode]['p99_ms']:.1f}", r[mode]["errors"],
+             f"{r[mode]['mean_batch']:.1f}"] for mode in ("off", "on")]
+    return "\n".join([
+        f"closed loop: {r['clients']} clients x {r['duration']:g}s per mode, /v1/analyze over "
+        f"{r['bodies']} demo rows (all five tasks), {r['new_tokens']} new tokens per answer at "
+        f"most; model {r['model']}",
+        tabulate(rows, headers=["batching", "requests", "req/s", "p50 ms", "p99 ms", "errors",
+                                "mean batch"], disable_numparse=True),
+        f"throughput on/off = {r['ratio']:.2f}",
+    ])

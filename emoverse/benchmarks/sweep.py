@@ -79,15 +79,20 @@ def run(levels: int, asha_trials: int | None, workdir: str | None,
 
 
 def report(r: dict) -> str:
+    from tabulate import tabulate
+
     g, a = r["grid"], r["asha"]
-    lines = [f"space: {S1} weights msa, fer in {list(RANGE)} (mer fixed); "
-             f"grid {r['levels']}x{r['levels']}; {r['demo_size']} demo samples; "
-             f"work under {r['root']}"]
-    for name, m in (("(a) grid, no early stopping", g), ("(b) ASHA + Optuna TPE", a)):
-        lines.append(f"{name:30s} {m['trials']:3d} trials  {m['iterations']:3d} trial-iterations "
-                     f"({m['trained']} stages trained, {m['stopped']} trials stopped)  "
-                     f"{m['seconds']:6.0f} s  best objective {m['best']:.4f}")
-    lines.append(f"compute b/a = {a['iterations'] / g['iterations']:.2f} trial-iterations, "
-                 f"{a['seconds'] / g['seconds']:.2f} wall time")
-    lines.append(f"best objective b - a = {100 * (a['best'] - g['best']):+.1f} points")
-    return "\n".join(lines)
+    rows = [[name, m["trials"], m["iterations"], m["trained"], m["stopped"],
+             f"{m['seconds']:.0f}", f"{m['best']:.4f}"]
+            for name, m in (("(a) grid, no early stopping", g), ("(b) ASHA + Optuna TPE", a))]
+    return "\n".join([
+        f"space: {S1} weights msa, fer in {list(RANGE)} (mer fixed); "
+        f"grid {r['levels']}x{r['levels']}; {r['demo_size']} demo samples; "
+        f"work under {r['root']}",
+        tabulate(rows, headers=["search", "trials", "trial-iterations", "stages trained",
+                                "trials stopped", "seconds", "best objective"],
+                 disable_numparse=True),
+        f"compute b/a = {a['iterations'] / g['iterations']:.2f} trial-iterations, "
+        f"{a['seconds'] / g['seconds']:.2f} wall time",
+        f"best objective b - a = {100 * (a['best'] - g['best']):+.1f} points",
+    ])

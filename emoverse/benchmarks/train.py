@@ -97,12 +97,16 @@ def run(samples: int = 4000, epochs: int = 6, batch_size: int = 16, stream: bool
 
 
 def report(r: dict) -> str:
+    from tabulate import tabulate
+
+    rows = [["(a) the stage without Ray, one process", f"{r['plain_samples_per_second']:.1f}",
+             ""],
+            ["(b) Ray Train + Ray Data", f"{r['ray_samples_per_second']:.1f}",
+             f"stage wall time {r['ray_wall_seconds']:.0f}s with Ray Train start-up"]]
     return "\n".join([
         f"{r['samples']} samples in {r['epochs']} epochs, global batch {r['batch_size']}; "
         f"Ray Data: {r['mode']}",
-        f"(a) plain torch loop        {r['plain_samples_per_second']:8.1f} samples/s",
-        f"(b) Ray Train + Ray Data    {r['ray_samples_per_second']:8.1f} samples/s "
-        f"(stage wall time {r['ray_wall_seconds']:.0f}s with Ray Train start-up)",
+        tabulate(rows, headers=["loop", "samples/s", "note"], disable_numparse=True),
         f"b/a = {r['b_over_a']:.2f}",
         f"data wait in (b): {r['data_wait_fraction']:.1%} of step time, "
         f"{r['warm_data_wait_fraction']:.1%} once warm",

@@ -37,10 +37,6 @@ def main(argv: list[str] | None = None) -> int:
         args.overrides = [*args.overrides, *extra]
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    if getattr(args, "size", 0) is None:
-        from emoverse.drivers.quickstart import DEFAULT_SIZE
-
-        args.size = DEFAULT_SIZE
     try:
         return args.func(args)
     except (FileNotFoundError, FileExistsError, ValueError, KeyError) as exc:

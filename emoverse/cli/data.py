@@ -41,13 +41,13 @@ def _emt_stats(args) -> int:
 
 
 def _media_run(args) -> int:
+    from emoverse.config_file import override_sections
     from emoverse.distributed.media_stage import run_media_stage
     from emoverse.distributed.session import ensure_ray
     from emoverse.media.cache import read_stats
     from emoverse.recipe import MediaConfig
 
-    media = MediaConfig(num_frames=args.frames, size=args.size, detector=args.detector,
-                        yunet_model=args.yunet_model, margin=args.margin)
+    media = override_sections({"media": MediaConfig()}, args.overrides)["media"]
     ensure_ray()
     out = run_media_stage(args.manifest, media, args.out)
     stats = read_stats(out)
@@ -140,17 +140,15 @@ def register(sub) -> None:
                     "fixed-shape frames as Parquet under a key of manifest content and media "
                     "parameters; unusable clips are listed in errors.csv.").add_subparsers(
         dest="media_command", metavar="ACTION", required=True)
-    run = media.add_parser("run", help="run the media stage on a manifest",
-                           description="Run the media stage on Ray Data (an existing cluster "
-                                       "when RAY_ADDRESS is set) and print its counts.")
+    run = media.add_parser(
+        "run", help="run the media stage on a manifest",
+        description="Run the media stage on Ray Data (an existing cluster when RAY_ADDRESS is "
+                    "set) and print its counts. Media settings are a recipe's `media` "
+                    "section, changed with KEY=VALUE overrides, e.g. media.num_frames=4 "
+                    "media.size=112 media.detector=yunet media.yunet_model=PATH.")
     run.add_argument("manifest", help="EMT manifest (.parquet)")
+    run.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="media.* settings")
     run.add_argument("--out", required=True, help="cache root; the clips land in OUT/<key>/")
-    run.add_argument("--frames", type=positive_int, default=8, help="frames per clip (8)")
-    run.add_argument("--size", type=positive_int, default=224, help="crop side in px (224)")
-    run.add_argument("--detector", choices=["yunet", "haar", "none"], default="haar",
-                     help="face detector (haar ships with OpenCV; yunet needs --yunet-model)")
-    run.add_argument("--yunet-model", help="path to the YuNet ONNX weights")
-    run.add_argument("--margin", type=float, default=0.25, help="context around the face")
     run.set_defaults(func=_media_run)
     inspect = media.add_parser(
         "inspect", help="counts, failures and a contact sheet PNG of a media cache",

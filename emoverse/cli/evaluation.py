@@ -7,35 +7,40 @@ import time
 from pathlib import Path
 
 from emoverse.cli.arguments import positive_int
+from emoverse.tasks import TASK_NAMES
 
 
 def _request(args):
+    from emoverse.config_file import override_sections
     from emoverse.drivers.evaluation import EvalRequest
     from emoverse.recipe import EvalConfig, MediaConfig, load_recipe
     from emoverse.rundir import find_run, resolve_checkpoint
 
+    if not args.model:
+        raise ValueError("give --model DIR_OR_RUN")
     model = Path(args.model)
     if not model.exists():
         raise FileNotFoundError(f"--model {model} does not exist")
     run = find_run(model)
-    if run:  # a run, or one of its checkpoints: its manifest, media and cache by default
-        recipe = load_recipe(run.recipe_file)
+    # A run's recipe gives the media and eval settings (and manifest and cache) it trained
+    # with; overrides change them like a recipe's.
+    recipe = load_recipe(run.recipe_file) if run else None
+    config = override_sections({"media": recipe.media if run else MediaConfig(),
+                                "eval": recipe.eval if run else EvalConfig()}, args.overrides)
+    media, settings = config["media"], config["eval"]
+    if run:
         model = resolve_checkpoint(model) if model.resolve() == run.path else model
         manifest = Path(args.manifest) if args.manifest else run.manifest(recipe)
-        media, cache = recipe.media, run.media_cache
-        out = args.out or run.evaluation(model.name, args.split)
+        out = args.out or run.evaluation(model.name, settings.split)
+        cache = run.media_cache
     else:
         if not args.manifest:
             raise ValueError(f"{model} is not a run: give --manifest")
         manifest = Path(args.manifest)
-        media = MediaConfig(num_frames=args.frames, size=args.size, detector=args.detector,
-                            yunet_model=args.yunet_model)
         out = Path(args.out or f"evals/{model.name}-{time.strftime('%Y%m%d-%H%M%S')}")
         cache = Path(out).parent / "media-cache"
-    config = EvalConfig(split=args.split, batch_size=args.batch_size,
-                        max_new_tokens=args.max_new_tokens)
     return EvalRequest(model=model, manifest=manifest, out=Path(out), media=media,
-                       cache_root=Path(args.cache or cache), config=config,
+                       cache_root=Path(args.cache or cache), config=settings,
                        tasks=tuple(args.tasks) if args.tasks else None,
                        num_actors=args.actors,
                        previous=_report_dir(args.previous) if args.previous else None)
@@ -55,10 +60,6 @@ def _report_dir(path: str) -> Path:
 
 
 def _eval(args) -> int:
-    if args.eval_command == "compare":
-        return _compare(args)
-    if not args.model:
-        raise ValueError("give --model DIR_OR_RUN (or use `emoverse eval compare A B`)")
     from emoverse.drivers.evaluation import evaluate
     from emoverse.evaluation.scoring import table
 
@@ -87,36 +88,37 @@ def _compare(args) -> int:
 
 def register(sub) -> None:
     ev = sub.add_parser(
-        "eval", help="evaluate a model or run: metrics, predictions and figures",
+        "eval", help="evaluate a model or run, or compare two evaluations",
+        description="`emoverse eval run` evaluates a model or run: metrics, predictions and "
+                    "figures. `emoverse eval compare A B` prints two reports side by side."
+    ).add_subparsers(dest="eval_command", metavar="ACTION", required=True)
+    run = ev.add_parser(
+        "run", help="evaluate a model or run: metrics, predictions and figures",
         description="Evaluate a run (its last finished stage), a stage checkpoint or a Hugging "
                     "Face model directory on a manifest's split: the media stage (cached), "
                     "greedy generation on a Ray Data actor pool (every sample exactly once), "
                     "the benchmarks' metrics per task, majority baselines, and a report "
                     "directory (metrics.json with model/manifest/recipe hashes, "
-                    "predictions.parquet, confusion matrices and metric bars as PNG). "
-                    "`emoverse eval compare A B` prints two reports side by side.")
-    ev.add_argument("--model", help="run directory, stage checkpoint or HF model directory")
-    ev.add_argument("--manifest", help="EMT manifest (default: the run's)")
-    ev.add_argument("--tasks", nargs="+", metavar="TASK", help="only these tasks")
-    ev.add_argument("--split", default="test", choices=["train", "valid", "test"])
-    ev.add_argument("--out", help="report directory (default: RUN/eval/<stage>-<split>)")
-    ev.add_argument("--batch-size", type=positive_int, default=32, help="rows per generate call")
-    ev.add_argument("--actors", type=positive_int, default=1, help="model actors (default 1)")
-    ev.add_argument("--max-new-tokens", type=positive_int,
-                    help="answer budget (default: longest target of the split + 4)")
-    ev.add_argument("--previous", help="an earlier report or run to draw in the bar chart")
-    ev.add_argument("--cache", help="media cache root (default: the run's, or beside --out)")
-    ev.add_argument("--frames", type=positive_int, default=8, help="frames per clip, no run")
-    ev.add_argument("--size", type=positive_int, default=224, help="crop side, no run")
-    ev.add_argument("--detector", choices=["yunet", "haar", "none"], default="haar")
-    ev.add_argument("--yunet-model", help="YuNet ONNX weights (detector yunet)")
-    ev.set_defaults(func=_eval)
-    actions = ev.add_subparsers(dest="eval_command", metavar="ACTION")
-    compare = actions.add_parser(
+                    "predictions.parquet, confusion matrices and metric bars as PNG). The "
+                    "split, batch size, answer budget and media settings are the run's "
+                    "recipe's (defaults for a model outside a run), changed with KEY=VALUE "
+                    "overrides, e.g. eval.split=valid eval.batch_size=8 media.num_frames=4.")
+    run.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                     help="eval.* and media.* settings, as in a recipe")
+    run.add_argument("--model", help="run directory, stage checkpoint or HF model directory")
+    run.add_argument("--manifest", help="EMT manifest (default: the run's)")
+    run.add_argument("--tasks", nargs="+", metavar="TASK", choices=TASK_NAMES,
+                     help="only these tasks")
+    run.add_argument("--out", help="report directory (default: RUN/eval/<stage>-<split>)")
+    run.add_argument("--actors", type=positive_int, default=1, help="model actors (default 1)")
+    run.add_argument("--previous", help="an earlier report or run to draw in the bar chart")
+    run.add_argument("--cache", help="media cache root (default: the run's, or beside --out)")
+    run.set_defaults(func=_eval)
+    compare = ev.add_parser(
         "compare", help="print two evaluations side by side",
         description="Print every metric two evaluation reports share, side by side with the "
                     "difference. A and B are report directories or run directories (their "
                     "latest report).")
     compare.add_argument("a", help="report or run directory A")
     compare.add_argument("b", help="report or run directory B")
-    compare.set_defaults(func=_eval)
+    compare.set_defaults(func=_compare)

@@ -1,4 +1,4 @@
-"""`emoverse eval --model DIR_OR_RUN [--manifest M] [--tasks T ...] [--out DIR]`
+"""`emoverse eval run --model DIR_OR_RUN [--manifest M] [--tasks T ...] [KEY=VALUE ...]`
 
 Evaluate a model on a manifest's split: the media stage (cached), greedy generation on a
 Ray Data actor pool (every row exactly once), parsing, the benchmarks' metrics, the

@@ -16,15 +16,14 @@ from emoverse.recipe import load_recipe
 
 log = logger(__name__)
 
-DEFAULT_SIZE = 4600  # ~3000 face-bearing training clips: fewer were memorised, not learnt
 
-
-def run_quickstart(out: str | Path | None = None, size: int = DEFAULT_SIZE, seed: int = 0,
+def run_quickstart(out: str | Path | None = None, size: int | None = None, seed: int = 0,
                    overrides: list[str] | None = None) -> Path:
+    """`size`: demo samples (default: the recipe's `data.demo_size`)."""
     start = time.time()
+    sized = [f"data.demo_size={size}"] if size else []
     # bad overrides fail here, before any work
-    recipe = load_recipe("m2se-tiny", [f"data.demo_size={size}", f"data.demo_seed={seed}",
-                                       *(overrides or [])])
+    recipe = load_recipe("m2se-tiny", [*sized, f"data.demo_seed={seed}", *(overrides or [])])
     run_dir = Path(out or f"runs/quickstart-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
     results = train_recipe(recipe, run_dir)
     print()

@@ -1,8 +1,8 @@
 """An evaluation's report: per-sample predictions, metrics.json and figures. No Ray.
 
 Figures are what a person looks at first: confusion matrices of the classification tasks
-(those with `Task.classes`: MSA, MER) and per-task bars of the primary metric against the majority baseline and,
-when given, a previous evaluation.
+(those with `Task.classes`: MSA, MER) and per-task bars of the primary metric against the
+majority baseline and, when given, a previous evaluation.
 """
 
 from __future__ import annotations
@@ -92,17 +92,15 @@ def write_bars(path: Path, metrics: dict, previous: dict | None = None) -> None:
 
 def compare_table(a: dict, b: dict, names: tuple[str, str] = ("A", "B")) -> str:
     """Every metric both evaluations have, side by side with the difference B - A."""
-    lines = [("task", "metric", names[0], names[1], "B - A")]
+    from tabulate import tabulate
+
+    rows = []
     for task in TASK_NAMES:
         ma, mb = a["tasks"].get(task), b["tasks"].get(task)
         if not ma or not mb:
             continue
         keys = [ma["primary"]] + sorted(k for k in ma if k in mb and k not in
                                         ("primary", ma["primary"], "n"))
-        for key in keys:
-            lines.append((task.upper(), key, f"{ma[key]:.3f}", f"{mb[key]:.3f}",
-                          f"{mb[key] - ma[key]:+.3f}"))
-    widths = [max(len(r[i]) for r in lines) for i in range(5)]
-    out = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in lines]
-    out.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(out)
+        rows += [[task.upper(), key, f"{ma[key]:.3f}", f"{mb[key]:.3f}",
+                  f"{mb[key] - ma[key]:+.3f}"] for key in keys]
+    return tabulate(rows, headers=["task", "metric", *names, "B - A"], disable_numparse=True)

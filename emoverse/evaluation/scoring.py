@@ -38,15 +38,12 @@ def baselines(manifest: pd.DataFrame, eval_ids: dict[str, list[str]]) -> dict[st
 
 def table(columns: dict[str, dict[str, dict]]) -> str:
     """A plain-text table: one row per task, one column per named result set."""
-    names = list(columns)
+    from tabulate import tabulate
+
     tasks = [t for t in TASK_NAMES if any(t in c for c in columns.values())]
-    header = ["task", "metric", *names]
-    lines = [header]
+    rows = []
     for t in tasks:
         primary = next(c[t]["primary"] for c in columns.values() if t in c)
-        cells = [f"{columns[n][t][primary]:.3f}" if t in columns[n] else "-" for n in names]
-        lines.append([t.upper(), primary, *cells])
-    widths = [max(len(r[i]) for r in lines) for i in range(len(header))]
-    out = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in lines]
-    out.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(out)
+        rows.append([t.upper(), primary, *(f"{c[t][primary]:.3f}" if t in c else "-"
+                                           for c in columns.values())])
+    return tabulate(rows, headers=["task", "metric", *columns], disable_numparse=True)

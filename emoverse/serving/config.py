@@ -1,7 +1,7 @@
 """Typed arguments of the serving application, and the Serve config file that carries them.
 
 `ServeArgs` is the pydantic model of the app builder (`emoverse.serving.app:build_app`):
-`serve deploy`, a RayService and `emoverse serve` all validate the same fields.
+`serve deploy`, a RayService and `emoverse serve run` all validate the same fields.
 `serve_config` writes the multi-application Serve config (what `emoverse serve build`
 prints); `load_serve_config` reads one back and validates both Serve's schema and our
 arguments, so a manifest embedding it can be checked in tests.

@@ -1,4 +1,4 @@
-"""Run one M2SE stage on Ray Train: the thin adapter around `emoverse.train.loop`.
+"""Run one M2SE stage on Ray Train: the thin adapter around `emoverse.train.stage.train`.
 
 The driver realises the stage's mixture over the media cache, builds a Ray Dataset that
 repeats each row by its multiplicity, and fits a `TorchTrainer` whose workers run

@@ -1,1 +1,2 @@
-"""The M2SE training loop: batches from the model's own processor, loss on answers only."""
+"""Training without Ray: one stage as one process runs it (`stage`), the loop every stage
+runs (`loop`: loss on answers only), and its engines (torch, DeepSpeed)."""

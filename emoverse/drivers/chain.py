@@ -34,6 +34,7 @@ class ChainData:
 
     base_model: str  # the first stage's parent
     manifest: str
+    manifest_hash: str
     cache: str  # the media stage's cache of the manifest
     key: str  # identity of base model, manifest and media: the root of prefix keys
     validation: dict | None = None  # keyword arguments of `evaluation.validation.validate`
@@ -53,9 +54,9 @@ def chain_data(recipe: Recipe, base_model: str, manifest: str | Path,
             read_manifest(manifest).to_pandas(), base_model, split)
         validation = {"cache_dir": str(cache), "manifest": str(manifest), "split": split,
                       "max_new_tokens": budget, "batch_size": recipe.eval.batch_size}
-    return ChainData(base_model=str(base_model), manifest=str(manifest), cache=str(cache),
-                     key=f"{base_model}|{digest}|{recipe.media.model_dump_json()}",
-                     validation=validation)
+    key = f"{base_model}|{digest}|{recipe.media.model_dump_json()}"
+    return ChainData(base_model=str(base_model), manifest=str(manifest), manifest_hash=digest,
+                     cache=str(cache), key=key, validation=validation)
 
 
 @dataclass(frozen=True)
@@ -102,7 +103,7 @@ def train_stages(recipe: Recipe, data: ChainData, store: StageStore,
     """Train (or reuse) the recipe's stages in order, each from the previous one's
     checkpoint, yielding each when done. With `only`, the chain ends at the last of those
     stages, and every stage before them must have finished already."""
-    lineage = {"recipe": recipe.digest(), "manifest": manifest_hash(data.manifest)}
+    lineage = {"recipe": recipe.digest(), "manifest": data.manifest_hash}
     parent, key = data.base_model, data.key
     for index, stage in enumerate(recipe.stages, start=1):
         key = prefix_key(key, stage)

@@ -114,6 +114,9 @@ class StageConfig(Strict):
     max_length: PositiveInt = 2048
     trainable: TrainableConfig = TrainableConfig()
     precision: Literal["fp32", "bf16"] = "fp32"  # bf16 autocast; fp32 master weights
+    # auto: flash-attention 2 where it is installed and a GPU is used, else PyTorch's SDPA.
+    attention: Literal["auto", "sdpa", "eager", "flash_attention_2"] = "auto"
+    gradient_checkpointing: bool = False  # recompute activations in backward: less memory
     strategy: StrategyConfig = StrategyConfig()
     checkpoint_every: PositiveInt | None = None  # optimizer steps; epoch ends always save
     seed: int = 0

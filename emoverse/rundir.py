@@ -56,8 +56,8 @@ class RunDir:
         """The report of a stage's evaluation (`emoverse.evaluation.report`)."""
         return self.path / "eval" / f"{stage}-{split}"
 
-    def start(self, recipe: Recipe) -> None:
-        """Create the directory, or check that an existing run used the same recipe."""
+    def check(self, recipe: Recipe) -> None:
+        """Refuse a recipe other than the one an existing run used."""
         if self.recipe_file.is_file():
             previous = load_recipe(self.recipe_file)
             if previous.digest() != recipe.digest():
@@ -65,9 +65,13 @@ class RunDir:
                     f"run directory {self.path} holds a run of a different recipe "
                     f"({previous.name}, digest {previous.digest()} vs {recipe.digest()}); "
                     "use a new run directory, or the same recipe and overrides to resume")
-            return
-        self.path.mkdir(parents=True, exist_ok=True)
-        dump_recipe(recipe, self.recipe_file)
+
+    def start(self, recipe: Recipe) -> None:
+        """Create the directory, or check that an existing run used the same recipe."""
+        self.check(recipe)
+        if not self.recipe_file.is_file():
+            self.path.mkdir(parents=True, exist_ok=True)
+            dump_recipe(recipe, self.recipe_file)
 
     def base_model(self, recipe: Recipe) -> str:
         """The recipe's base model; the embedded tiny one is written on first use."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from emoverse.cli import bench, data, evaluation, operations, serving, sweep, training
+from emoverse.cli import bench, data, evaluation, models, operations, serving, sweep, training
 
 DESCRIPTION = """\
 emoverse: M2SE multistage multitask instruction tuning for unified sentiment and
@@ -19,7 +19,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="emoverse", description=DESCRIPTION,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for area in (training, evaluation, sweep, data, serving, bench, operations):
+    for area in (training, models, evaluation, sweep, data, serving, bench, operations):
         area.register(sub)
     return parser
 

@@ -1,4 +1,4 @@
-"""`emoverse quickstart`, `train`, `export`, `recipes` and `model ...`."""
+"""`emoverse quickstart`, `train`, `export` and `recipes`."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ from pathlib import Path
 
 from emoverse.cli.arguments import positive_int
 from emoverse.console import logger
-from emoverse.model.architectures import ARCH_NAMES, DEFAULT_ARCH
 
 log = logger(__name__)
 
@@ -44,16 +43,6 @@ def _export(args) -> int:
     out = export_model(checkpoint, args.out)
     print(f"exported {checkpoint} to {out}: load it with "
           "AutoModelForImageTextToText/AutoProcessor.from_pretrained")
-    return 0
-
-
-def _model_init_tiny(args) -> int:
-    from emoverse.model.tiny import write_tiny_model
-    from emoverse.model.vocabulary import instruction_corpus
-
-    out = write_tiny_model(args.out, instruction_corpus(), arch=args.arch)
-    print(f"wrote a tiny random-init {args.arch} model to {out}; load it with "
-          "AutoProcessor/AutoModelForImageTextToText.from_pretrained")
     return 0
 
 
@@ -115,22 +104,6 @@ def register(sub) -> None:
                                         "finished stage)")
     export.set_defaults(func=_export)
 
-    model = sub.add_parser(
-        "model", help="model utilities",
-        description="Model utilities. `init-tiny` writes the embedded default model: a tiny, "
-                    "randomly initialised Qwen2-VL that every other command loads exactly "
-                    "as it would a downloaded Hugging Face checkpoint.").add_subparsers(
-        dest="model_command", metavar="ACTION", required=True)
-    tiny = model.add_parser(
-        "init-tiny", help="write the tiny random-init Qwen2-VL model directory",
-        description="Write a Hugging Face model directory (config, weights, tokenizer trained "
-                    "in-process, Qwen2-VL processor) that loads with AutoProcessor and "
-                    "AutoModelForImageTextToText like a downloaded checkpoint.")
-    tiny.add_argument("--out", required=True, help="directory to write")
-    tiny.add_argument("--arch", default=DEFAULT_ARCH, choices=ARCH_NAMES,
-                      help=f"which real transformers architecture to write (default: "
-                           f"{DEFAULT_ARCH}; internvl is the paper's model family)")
-    tiny.set_defaults(func=_model_init_tiny)
     recipes = sub.add_parser(
         "recipes", help="list the shipped training recipes",
         description="List the recipes shipped in the package. A recipe names the base model, "

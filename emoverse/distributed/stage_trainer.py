@@ -91,7 +91,8 @@ def validate_checkpoint(checkpoint, **kwargs) -> dict:
 
 def fit_stage(stage: StageConfig, cache_dir: str | Path, init_from: str | Path,
               storage: str | Path, scaling: ScalingConfig, lineage: dict,
-              materialize: bool | None = None, validation: dict | None = None):
+              materialize: bool | None = None, validation: dict | None = None,
+              frame_size: int | None = None):
     """Train one stage from `init_from`; returns its final checkpoint directory.
 
     `storage` holds Ray Train's run state (`storage/<stage name>/`) and the stage's
@@ -99,7 +100,8 @@ def fit_stage(stage: StageConfig, cache_dir: str | Path, init_from: str | Path,
     `materialize`: keep the epoch's rows in the object store (default: when they fit).
     `validation`: keyword arguments of `validate` (cache_dir, manifest, split,
     max_new_tokens, batch_size) to validate the final checkpoint in Ray Train; its metrics
-    are reported with it. Returns (checkpoint directory, final reported metrics).
+    are reported with it. `frame_size`: the recipe's media.size, which the processor is
+    fitted to take as it is. Returns (checkpoint directory, final reported metrics).
     """
     import ray.data
     from ray.train import (CheckpointConfig, FailureConfig, RunConfig, ValidationConfig,
@@ -135,7 +137,7 @@ def fit_stage(stage: StageConfig, cache_dir: str | Path, init_from: str | Path,
             torch_threads=scaling.torch_threads,
             shuffle_buffer=SHUFFLE_BATCHES * stage.batch_size,
             lineage={**lineage, "stage": stage.name, "mixture_seen": seen},
-            validate=validation is not None).to_config(),
+            validate=validation is not None, frame_size=frame_size).to_config(),
         scaling_config=ray_scaling(scaling),
         datasets={"train": ds},
         validation_config=ValidationConfig(

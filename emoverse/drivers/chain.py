@@ -21,9 +21,11 @@ from emoverse.console import logger
 from emoverse.distributed.stage_trainer import fit_stage
 from emoverse.emt.manifest import manifest_hash, read_manifest
 from emoverse.evaluation.validation import validated_metrics
+from emoverse.model.checkpoint import load_processor
 from emoverse.model.generation import answer_budget
 from emoverse.recipe import Recipe, StageConfig
 from emoverse.rundir import RunDir
+from emoverse.train.budget import check_budgets
 
 log = logger(__name__)
 
@@ -57,6 +59,13 @@ def chain_data(recipe: Recipe, base_model: str, manifest: str | Path,
     key = f"{base_model}|{digest}|{recipe.media.model_dump_json()}"
     return ChainData(base_model=str(base_model), manifest=str(manifest), manifest_hash=digest,
                      cache=str(cache), key=key, validation=validation)
+
+
+def log_budgets(recipe: Recipe, manifest: str | Path, base: str) -> None:
+    """Check every stage's sequence budget (a `BudgetError` if one does not fit)."""
+    budgets = check_budgets(recipe, read_manifest(manifest).to_pandas(), load_processor(base))
+    log.info("sequence budget (longest sample / max_length): %s", ", ".join(
+        f"{b.stage} {b.total}/{b.max_length} ({b.visual} visual)" for b in budgets))
 
 
 @dataclass(frozen=True)
@@ -120,7 +129,8 @@ def train_stages(recipe: Recipe, data: ChainData, store: StageStore,
                      stage.trainable.mode, stage.strategy.kind, recipe.scaling.num_workers)
             final, reported = fit_stage(stage, data.cache, parent, ray_storage, recipe.scaling,
                                         {**lineage, "parent": str(parent)},
-                                        validation=data.validation)
+                                        validation=data.validation,
+                                        frame_size=recipe.media.size)
             run.keep_stage(stage.name, final, str(parent), validated_metrics(reported) or None)
         yield StageDone(stage, index, checkpoint, trained)
         if only and stage.name == only[-1]:

@@ -19,7 +19,8 @@ from emoverse.console import logger
 from emoverse.distributed.media_stage import run_media_stage
 from emoverse.distributed.session import cluster_resources, ensure_ray
 from emoverse.distributed.tuning import trial_params, tune_sweep
-from emoverse.drivers.chain import ChainData, PrefixStore, chain_data, train_stages
+from emoverse.drivers.chain import (ChainData, PrefixStore, chain_data, log_budgets,
+                                    train_stages)
 from emoverse.emt.manifest import read_manifest
 from emoverse.figures import pyplot
 from emoverse.model.checkpoint import read_lineage
@@ -56,6 +57,7 @@ def run_sweep(recipe: Recipe, space: SweepSpace, trials: int, sweep_dir: str | P
     sweep.start(recipe)  # a different recipe in the same directory is refused
     base = sweep.base_model(recipe)
     manifest = sweep.manifest(recipe)
+    log_budgets(recipe, manifest, base)
     frame = read_manifest(manifest).to_pandas()
     if not (frame.split == "valid").any():
         raise ValueError(f"manifest {manifest} has no 'valid' split to optimise on")

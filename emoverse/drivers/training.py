@@ -15,7 +15,7 @@ from pathlib import Path
 from emoverse.console import logger
 from emoverse.distributed.media_stage import run_media_stage
 from emoverse.distributed.session import ensure_ray
-from emoverse.drivers.chain import RunStore, chain_data, train_stages
+from emoverse.drivers.chain import RunStore, chain_data, log_budgets, train_stages
 from emoverse.drivers.evaluation import EvalRequest
 from emoverse.drivers.evaluation import evaluate as evaluate_model
 from emoverse.emt.manifest import read_manifest
@@ -37,10 +37,13 @@ def train_recipe(recipe: Recipe, run_dir: str | Path, stages: list[str] | None =
     if recipe.data.manifest:
         read_manifest(recipe.data.manifest)  # so does a missing or invalid manifest
     run = RunDir(run_dir)
-    run.start(recipe)
+    run.check(recipe)
     log.info("run directory: %s", run.path)
     base = run.base_model(recipe)
     manifest = run.manifest(recipe, progress=_demo_progress())
+    # Before the recipe is recorded: a run refused here can be re-run with a fixed recipe.
+    log_budgets(recipe, manifest, base)
+    run.start(recipe)
     ensure_ray()
 
     log.info("media stage: decoding clips and cropping faces on Ray Data")

@@ -19,27 +19,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable
 
+from emoverse.model.chat_templates import TEMPLATES
+
 DEFAULT_ARCH = "qwen2-vl"
 
 # ImageNet statistics, as InternVL's own processors use.
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
-
-
-def chatml_template(video: str, image: str) -> str:
-    """ChatML turns with `video` / `image` standing in for a video / image part."""
-    return (
-        "{% for message in messages %}"
-        "<|im_start|>{{ message['role'] }}\n"
-        "{% if message['content'] is string %}{{ message['content'] }}"
-        "{% else %}{% for part in message['content'] %}"
-        f"{{% if part['type'] == 'video' %}}{video}"
-        f"{{% elif part['type'] == 'image' %}}{image}"
-        "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
-        "{% endfor %}{% endif %}<|im_end|>\n"
-        "{% endfor %}"
-        "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-    )
 
 
 @dataclass(frozen=True)
@@ -186,8 +172,7 @@ ARCHITECTURES: dict[str, Architecture] = {
         model_class="Qwen2VLForConditionalGeneration",
         processor_class="Qwen2VLProcessor",
         special_tokens=QWEN2_VL_TOKENS,
-        chat_template=chatml_template("<|vision_start|><|video_pad|><|vision_end|>",
-                                      "<|vision_start|><|image_pad|><|vision_end|>"),
+        chat_template=TEMPLATES["chatml-qwen-vl"],
         build_processor=_qwen2_vl_processor,
         build_config=_qwen2_vl_config,
     ),
@@ -199,7 +184,7 @@ ARCHITECTURES: dict[str, Architecture] = {
         special_tokens=INTERNVL_TOKENS,
         # As InternVL's own template: the processor expands "<video>" to one
         # "FrameN: <img><IMG_CONTEXT>...</img>" line per frame.
-        chat_template=chatml_template("<video>\n", "<IMG_CONTEXT>\n"),
+        chat_template=TEMPLATES["chatml-internvl"],
         build_processor=_internvl_processor,
         build_config=_internvl_config,
         tokenizer_tokens=INTERNVL_NAMED,

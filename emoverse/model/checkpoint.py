@@ -18,7 +18,9 @@ from emoverse.recipe import TrainableConfig
 LINEAGE = "lineage.json"
 # Vision-language projector module names by architecture (the paper trains it).
 PROJECTORS = ("merger", "multi_modal_projector", "connector", "mlp1")
-LANGUAGE_LINEAR = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
+# Phi-3 (InternVL2-4B) fuses q/k/v into qkv_proj and gate/up into gate_up_proj.
+LANGUAGE_LINEAR = (r".*language_model.*\.(q_proj|k_proj|v_proj|qkv_proj|o_proj|gate_proj|up_proj"
+                   r"|gate_up_proj|down_proj)")
 
 
 def is_checkpoint(path: str | Path) -> bool:
@@ -41,26 +43,50 @@ def processor_dir(path: str | Path) -> str:
     return str(Path(path) / "processor") if is_checkpoint(path) else str(path)
 
 
+def _refuse_remote_code_format(path: str | Path) -> None:
+    config = Path(path) / "config.json"
+    if config.is_file() and json.loads(config.read_text()).get("model_type") == "internvl_chat":
+        raise ValueError(f"{path} is an InternVL2 chat checkpoint (remote code, which "
+                         "transformers 5 cannot load); convert it first: emoverse model "
+                         f"convert {path} --out {Path(path).name}-hf")
+
+
 def load_processor(path: str | Path, trust_remote_code: bool = False):
     from transformers import AutoProcessor
 
+    _refuse_remote_code_format(processor_dir(path))
     return AutoProcessor.from_pretrained(processor_dir(path), trust_remote_code=trust_remote_code)
 
 
-def load_model(path: str | Path, trust_remote_code: bool = False):
-    """A model from a HF directory/hub id, or from a stage checkpoint (adapters merged)."""
+def attention_implementation(choice: str = "auto", cuda: bool = False) -> str:
+    """`auto`: flash-attention 2 where it is installed and a GPU runs the model, else SDPA."""
+    import importlib.util
+
+    if choice == "auto":
+        return "flash_attention_2" if cuda and importlib.util.find_spec("flash_attn") else "sdpa"
+    if choice == "flash_attention_2" and not importlib.util.find_spec("flash_attn"):
+        raise ValueError("attention=flash_attention_2 needs the flash-attn package "
+                         "(pip install flash-attn); or set attention=auto")
+    return choice
+
+
+def load_model(path: str | Path, trust_remote_code: bool = False, attention: str | None = None):
+    """A model from a HF directory/hub id, or from a stage checkpoint (adapters merged).
+    `attention`: the attention implementation (transformers' default when None)."""
     from transformers import AutoModelForImageTextToText
 
+    options = {"trust_remote_code": trust_remote_code}
+    if attention:
+        options["attn_implementation"] = attention
     if not is_checkpoint(path):
-        return AutoModelForImageTextToText.from_pretrained(
-            str(path), trust_remote_code=trust_remote_code)
+        _refuse_remote_code_format(path)
+        return AutoModelForImageTextToText.from_pretrained(str(path), **options)
     path = Path(path)
     if (path / "model").is_dir():
-        return AutoModelForImageTextToText.from_pretrained(
-            str(path / "model"), trust_remote_code=trust_remote_code)
+        return AutoModelForImageTextToText.from_pretrained(str(path / "model"), **options)
     from peft import PeftModel
 
-    base = load_model(parent_of(path), trust_remote_code)
+    base = load_model(parent_of(path), trust_remote_code, attention)
     return PeftModel.from_pretrained(base, str(path / "adapter")).merge_and_unload()
 
 

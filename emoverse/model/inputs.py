@@ -79,3 +79,27 @@ class Collator:
         labels[(rank <= prompt_end) | (mask == 0)] = IGNORE
         enc["labels"] = labels
         return enc
+
+
+def fit_processor(processor, size: int):
+    """Make `processor` take `size`-pixel square frames as they are, so the visual tokens
+    per frame are the ones the recipe's `media.size` implies; a size the model cannot take
+    is a ValueError naming the setting."""
+    video = getattr(processor, "video_processor", None)
+    if video is None:
+        return processor
+    video.do_sample_frames = False  # the media stage already chose the frames
+    kind = type(processor).__name__
+    if kind == "InternVLProcessor":
+        # Tokens per frame are fixed by the model's tile (256 for 448 px, patch 14, shuffle 0.5).
+        tile = int(round(processor.image_seq_length ** 0.5)) * 2 * 14
+        if size != tile:
+            raise ValueError(f"media.size={size}, but this InternVL model takes {tile}-px frames "
+                             f"({processor.image_seq_length} tokens each); set media.size={tile}")
+        video.size = {"height": size, "width": size}
+    elif kind in ("Qwen2VLProcessor", "Qwen2_5_VLProcessor"):
+        if size % 28:
+            raise ValueError(f"media.size={size}: Qwen2-VL frames must be a multiple of 28 px "
+                             f"(patch 14, merge 2); set media.size={max(28, size // 28 * 28)}")
+        video.size = {"shortest_edge": size * size, "longest_edge": size * size}
+    return processor

@@ -24,9 +24,10 @@ from typing import (Any, Callable, ContextManager, Iterable, Iterator, Mapping, 
 import numpy as np
 
 from emoverse.console import logger
-from emoverse.model.checkpoint import (apply_trainable, finish_checkpoint, load_model,
-                                       load_processor, trainable_summary, weights_dir)
-from emoverse.model.inputs import Collator
+from emoverse.model.checkpoint import (apply_trainable, attention_implementation,
+                                       finish_checkpoint, load_model, load_processor,
+                                       trainable_summary, weights_dir)
+from emoverse.model.inputs import Collator, fit_processor
 from emoverse.recipe import StageConfig
 from emoverse.train.engine import make_engine
 from emoverse.train.loop import LoopState, train_epochs
@@ -47,6 +48,7 @@ class StageJob:
     shuffle_buffer: int = 0  # rows each process mixes its shard across (0: none)
     lineage: dict = field(default_factory=dict)  # recorded with the final checkpoint
     validate: bool = False  # ask the runtime to validate the final checkpoint
+    frame_size: int | None = None  # media.size: the processor takes frames at this size
 
     def to_config(self) -> dict:
         return {**asdict(self), "stage": self.stage.model_dump(mode="json")}
@@ -86,6 +88,8 @@ def train(job: StageJob, session: Session) -> LoopState:
     torch.set_num_threads(job.torch_threads)
     torch.manual_seed(stage.seed)
     processor = load_processor(job.init_from)
+    if job.frame_size:  # saved with the checkpoint, so evaluation and serving see the same
+        fit_processor(processor, job.frame_size)
     collate = Collator(processor, stage.max_length)
     per_process = stage.batch_size // session.world_size
     with session.restored() as resume:
@@ -94,7 +98,13 @@ def train(job: StageJob, session: Session) -> LoopState:
         # Start the data pipeline now: its start-up overlaps the model's loading.
         feed = EpochFeed(lambda epoch: session.epoch_batches(epoch, per_process, collate),
                          first_epoch=state.epoch)
-        model = apply_trainable(load_model(job.init_from), stage.trainable)
+        model = load_model(job.init_from, attention=attention_implementation(
+            stage.attention, cuda=getattr(session.device, "type", "cpu") == "cuda"))
+        if stage.gradient_checkpointing:
+            model.config.use_cache = False
+            model.gradient_checkpointing_enable(
+                gradient_checkpointing_kwargs={"use_reentrant": False})
+        model = apply_trainable(model, stage.trainable)
         if main:
             log.info("[%s] %s", stage.name, trainable_summary(model))
         # DeepSpeed wraps and distributes the model itself.

@@ -34,7 +34,9 @@ def test_paper_recipe_matches_the_paper():
     assert all(s.trainable.mode == "lora" and s.trainable.projector and not s.trainable.vision
                for s in r.stages)
     assert r.media.num_frames == 8 and all(s.epochs == 2 and s.batch_size == 8 and
-                                           s.max_length == 2048 for s in r.stages)
+                                           s.max_length == 4096 and s.gradient_checkpointing
+                                           for s in r.stages)
+    assert r.media.size == 448  # InternVL's tile: 256 visual tokens per frame
 
 
 def test_overrides_by_index_and_by_stage_name():

@@ -139,3 +139,23 @@ def test_unsupported_families_are_refused(source, tmp_path):
         bad = _copy_source(source, tmp_path / name, config=edit)
         with pytest.raises(ConversionError, match=message):
             convert(bad, tmp_path / f"out-{name}")
+
+
+def test_cli_names_the_problem_and_exits_2(tmp_path):
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "emoverse", "model", "convert",
+                           str(tmp_path / "missing"), "--out", str(tmp_path / "out")],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2
+    assert f"emoverse: error: {tmp_path / 'missing' / 'config.json'}: missing" in proc.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_training_on_an_unconverted_checkpoint_says_to_convert(source):
+    from emoverse.model.checkpoint import load_model, load_processor
+
+    for load in (load_model, load_processor):
+        with pytest.raises(ValueError, match="InternVL2 chat checkpoint.*emoverse model convert"):
+            load(source)

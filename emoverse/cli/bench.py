@@ -14,9 +14,18 @@ def _bench_media(args) -> int:
 
 
 def _bench_train(args) -> int:
+    if args.like:
+        from emoverse.benchmarks.train_like import report, run
+
+        print(report(run(args.like, args.layers, args.model, args.steps, args.warmup,
+                         args.batch_size, args.recipe, args.precision, args.workdir)))
+        return 0
+    if args.model or args.layers:
+        raise ValueError("--model and --layers go with --like NAME")
     from emoverse.benchmarks.train import report, run
 
-    print(report(run(args.samples, args.epochs, args.batch_size, args.stream, args.workdir)))
+    print(report(run(args.samples, args.epochs, args.batch_size or 16, args.stream,
+                     args.workdir)))
     return 0
 
 
@@ -61,12 +70,31 @@ def register(sub) -> None:
     bm.add_argument("--workdir", help="where to write the clips (default: a temp dir)")
     bm.set_defaults(func=_bench_media)
 
+    from emoverse.model.families import family_names
+
     bt = bench_sub.add_parser(
-        "train", help="Ray Train + Ray Data vs a plain torch loop, and data wait",
+        "train", help="Ray Train + Ray Data vs a plain torch loop; or a real model's shapes",
         description="Train the tiny model on the same clips and mixture (a) in a plain "
                     "single-process torch loop and (b) through Ray Train fed by Ray Data "
-                    "from the media cache, as `emoverse train` runs it. Prints samples/s of both, b/a and the "
-                    "share of step time the workers waited for data.")
+                    "from the media cache, as `emoverse train` runs it. Prints samples/s of "
+                    "both, b/a and the share of step time the workers waited for data. With "
+                    "--like NAME: a recipe's stage 1 at a real family's shapes (random init, "
+                    "or --model DIR) without Ray, printing samples/s, tokens/s and peak "
+                    "memory (GPU when there is one).")
+    bt.add_argument("--like", choices=family_names(),
+                    help="benchmark a real family's shapes instead (no Ray)")
+    bt.add_argument("--layers", type=positive_int,
+                    help="with --like: layers per stack (default: real depth)")
+    bt.add_argument("--model", help="with --like: a real checkpoint directory to train")
+    bt.add_argument("--recipe", help="with --like: recipe whose stage 1, frames and size to "
+                                     "use (default: the family's, else m2se-paper)")
+    bt.add_argument("--steps", type=positive_int, default=8,
+                    help="with --like: timed steps (default 8)")
+    bt.add_argument("--warmup", type=positive_int, default=2,
+                    help="with --like: untimed first steps (default 2)")
+    bt.add_argument("--precision", choices=["fp32", "bf16"],
+                    help="with --like: override the stage's precision (default: the "
+                         "recipe's on GPU, fp32 on CPU)")
     bt.add_argument("--samples", type=positive_int, default=4000,
                     help="samples per epoch (default 4000, as the tiny recipe's stage 1)")
     bt.add_argument("--epochs", type=positive_int, default=6,
@@ -74,8 +102,9 @@ def register(sub) -> None:
     bt.add_argument("--stream", action="store_true",
                     help="re-read the epoch from the cache every epoch instead of keeping "
                          "it in the object store")
-    bt.add_argument("--batch-size", type=positive_int, default=16,
-                    help="global batch size (default 16)")
+    bt.add_argument("--batch-size", type=positive_int,
+                    help="global batch size (default 16; with --like, the recipe's batch "
+                         "per worker)")
     bt.add_argument("--workdir", help="where to write model, clips and runs (default: temp)")
     bt.set_defaults(func=_bench_train)
 

@@ -106,7 +106,10 @@ def family_processor(family: Family, tokenizer):
     p = family.processor
     norm = {"image_mean": p["image_mean"], "image_std": p["image_std"]}
     model_type = family.config["model_type"]
-    if model_type in ("internvl", "internvl_chat"):
+    if family.format == "internvl_chat":
+        raise ValueError(f"family {family.name}: its checkpoints ship no processor; "
+                         "`emoverse model convert` writes one")
+    if model_type == "internvl":
         return internvl_processor(tokenizer, p["size"], p["image_mean"], p["image_std"])
     if model_type == "qwen2_5_vl":
         from transformers import (Qwen2_5_VLProcessor, Qwen2VLImageProcessor,

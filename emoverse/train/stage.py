@@ -101,7 +101,9 @@ def train(job: StageJob, session: Session) -> LoopState:
         model = load_model(job.init_from, attention=attention_implementation(
             stage.attention, cuda=getattr(session.device, "type", "cpu") == "cuda"))
         if stage.gradient_checkpointing:
-            model.config.use_cache = False
+            for config in (model.config, getattr(model.config, "text_config", None)):
+                if config is not None:
+                    config.use_cache = False  # no KV cache to keep when recomputing
             model.gradient_checkpointing_enable(
                 gradient_checkpointing_kwargs={"use_reentrant": False})
         model = apply_trainable(model, stage.trainable)

@@ -159,3 +159,35 @@ def test_training_on_an_unconverted_checkpoint_says_to_convert(source):
     for load in (load_model, load_processor):
         with pytest.raises(ValueError, match="InternVL2 chat checkpoint.*emoverse model convert"):
             load(source)
+
+
+def test_a_qwen2_backbone_converts_with_its_tensors_unchanged(tmp_path):
+    """InternVL2-1B's layout (Qwen2 LLM, tied head, ChatML), at toy widths."""
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    cfg = reduced_config(load_family("internvl2-4b"), layers=1)
+    cfg["template"] = "Hermes-2"
+    cfg["vision_config"].update(hidden_size=64, intermediate_size=128, num_attention_heads=4)
+    cfg["llm_config"] = {"architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2",
+                         "vocab_size": 32020, "hidden_size": 64, "intermediate_size": 128,
+                         "num_hidden_layers": 2, "num_attention_heads": 4,
+                         "num_key_value_heads": 2, "rope_theta": 1000000.0,
+                         "rms_norm_eps": 1e-6, "tie_word_embeddings": True,
+                         "max_position_embeddings": 4096}
+    tokenizer = padded_tokenizer(load_family("internvl2-4b"), instruction_corpus())
+    src = write_source(cfg, tokenizer, tmp_path / "src")
+    out = convert(src, tmp_path / "native")
+    model = AutoModelForImageTextToText.from_pretrained(str(out))
+    assert model.config.text_config.model_type == "qwen2" and model.config.tie_word_embeddings
+    source = load_file(str(src / "model.safetensors"))
+    native = model.state_dict()
+    for name in ("q_proj.weight", "q_proj.bias", "k_proj.bias", "o_proj.weight"):
+        assert torch.equal(native[f"model.language_model.layers.1.self_attn.{name}"],
+                           source[f"language_model.model.layers.1.self_attn.{name}"])
+    assert torch.equal(model.lm_head.weight, source["language_model.model.embed_tokens.weight"])
+    processor = AutoProcessor.from_pretrained(str(out))
+    frames = np.zeros((1, 448, 448, 3), np.uint8)
+    batch = Collator(processor)({"prompt": ["hi"], "target": ["Positive."], "frames": [frames]})
+    assert torch.isfinite(model(**batch).loss)
+    assert "<|im_start|>assistant\n" in processor.apply_chat_template(
+        [{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True)

@@ -198,11 +198,17 @@ def read_weights(src: Path, cfg: dict) -> dict:
     from safetensors import safe_open
 
     expected = source_shapes(cfg)
+    llm = cfg["llm_config"]
+    # A tied model's head may still be saved; it is the embedding, so it is dropped.
+    optional = {"language_model.lm_head.weight": (llm["vocab_size"], llm["hidden_size"])} \
+        if llm.get("tie_word_embeddings", False) else {}
     state, seen = {}, set()
     for path in weight_files(src):
         with safe_open(str(path), framework="pt") as f:
             for name in f.keys():
                 shape = tuple(f.get_slice(name).get_shape())
+                if name in optional and shape == optional[name]:
+                    continue
                 if name not in expected:
                     raise ConversionError(f"{path}: tensor {name} {list(shape)} is not part of an "
                                           "InternVL2 checkpoint with this config.json")
@@ -262,7 +268,10 @@ def convert(src: str | Path, dst: str | Path) -> Path:
     state = read_weights(src, cfg)
     with torch.device("meta"):
         model = AutoModelForImageTextToText.from_config(config)
+    if config.tie_word_embeddings:  # one tensor for both, as the source holds it
+        state["lm_head.weight"] = state["model.language_model.embed_tokens.weight"]
     model.load_state_dict(state, strict=True, assign=True)
+    model.tie_weights()
     ends = ["<|end|>", "<|endoftext|>"] if template == "phi3" else ["<|im_end|>", "<|endoftext|>"]
     model.generation_config = GenerationConfig(
         eos_token_id=[tokenizer.convert_tokens_to_ids(t) for t in ends

@@ -129,17 +129,11 @@ def _internvl_tokens_per_frame(spec) -> int:
 
 
 def _internvl_processor(tokenizer, spec):
-    from transformers import GotOcr2ImageProcessor, InternVLProcessor, InternVLVideoProcessor
+    from emoverse.model.families import internvl_processor
 
-    size = {"height": spec.image_size, "width": spec.image_size}
-    norm = dict(image_mean=IMAGENET_MEAN, image_std=IMAGENET_STD)
-    return InternVLProcessor(
-        image_processor=GotOcr2ImageProcessor(size=size, crop_to_patches=False, **norm),
-        video_processor=InternVLVideoProcessor(size=size, **norm),
-        tokenizer=tokenizer,
-        image_seq_length=_internvl_tokens_per_frame(spec),
-        chat_template=tokenizer.chat_template,
-    )
+    _internvl_tokens_per_frame(spec)  # a size the pixel shuffle cannot take fails here
+    return internvl_processor(tokenizer, spec.image_size, IMAGENET_MEAN, IMAGENET_STD,
+                              INTERNVL_PATCH, INTERNVL_DOWNSAMPLE)
 
 
 def _internvl_config(tokenizer, spec):

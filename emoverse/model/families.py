@@ -26,13 +26,11 @@ from pathlib import Path
 from typing import Literal
 
 from emoverse.config_file import Strict, validated
+from emoverse.model.architectures import INTERNVL_NAMED
 from emoverse.model.chat_templates import TEMPLATES
 
 FAMILY_DIR = Path(__file__).parent / "families"
 BPE_SIZE = 1024  # learnt tokens; the rest of the real vocabulary is unused filler
-# Named tokenizer attributes InternVL's processor reads.
-INTERNVL_NAMED = {"start_image_token": "<img>", "end_image_token": "</img>",
-                  "context_image_token": "<IMG_CONTEXT>", "video_token": "<video>"}
 
 
 class Family(Strict):

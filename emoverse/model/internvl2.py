@@ -21,11 +21,10 @@ import json
 import re
 from pathlib import Path
 
+from emoverse.model.architectures import IMAGENET_MEAN, IMAGENET_STD
 from emoverse.model.chat_templates import TEMPLATES
 from emoverse.model.families import INTERNVL_NAMED, internvl_processor
 
-IMAGENET_MEAN = [0.485, 0.456, 0.406]
-IMAGENET_STD = [0.229, 0.224, 0.225]
 BACKBONES = {"Phi3ForCausalLM": "phi3", "Qwen2ForCausalLM": "qwen2"}
 TEMPLATE_OF = {"phi3-chat": "phi3", "Hermes-2": "chatml-internvl",
                "internvl2_5": "chatml-internvl"}
@@ -242,9 +241,8 @@ def native_tokenizer(src: Path, template: str):
     backend.add_special_tokens([AddedToken("<video>", special=True, normalized=False)])
     roles = {r: getattr(source, r) for r in ("bos_token", "eos_token", "unk_token", "pad_token")
              if getattr(source, r, None)}
-    extra = [t for t in ("<img>", "</img>", "<IMG_CONTEXT>", "<video>")]
     return PreTrainedTokenizerFast(tokenizer_object=backend, **roles,
-                                   additional_special_tokens=extra,
+                                   additional_special_tokens=list(INTERNVL_NAMED.values()),
                                    chat_template=TEMPLATES[template],
                                    model_max_length=source.model_max_length, **INTERNVL_NAMED)
 

@@ -54,10 +54,11 @@ def run_sweep(recipe: Recipe, space: SweepSpace, trials: int, sweep_dir: str | P
     space.check(recipe)
     recipe = apply_overrides(recipe, ["eval.validate_split=valid"])
     sweep = RunDir(sweep_dir)
-    sweep.start(recipe)  # a different recipe in the same directory is refused
+    sweep.check(recipe)  # a different recipe in the same directory is refused
     base = sweep.base_model(recipe)
     manifest = sweep.manifest(recipe)
-    log_budgets(recipe, manifest, base)
+    log_budgets(recipe, manifest, base)  # refused here, the fixed recipe can reuse the directory
+    sweep.start(recipe)
     frame = read_manifest(manifest).to_pandas()
     if not (frame.split == "valid").any():
         raise ValueError(f"manifest {manifest} has no 'valid' split to optimise on")

@@ -49,7 +49,12 @@ def test_paper_recipe_at_real_width_trains_evaluates_exports_and_serves(tmp_path
     paper = load_recipe("m2se-paper")
     recipe = load_recipe("m2se-paper", paper_overrides(base, manifest, paper))
     run = tmp_path / "run"
-    results = train_recipe(recipe, run)
+    try:
+        results = train_recipe(recipe, run)
+    finally:
+        import ray
+
+        ray.shutdown()  # the later tests start Ray their own way
 
     for stage in STAGES:
         lineage = json.loads((run / "checkpoints" / stage / "lineage.json").read_text())

@@ -20,6 +20,7 @@ from emoverse.config_file import (Strict, apply_key_values, find_config, load_co
 from emoverse.tasks import TASK_NAMES
 
 RECIPE_DIR = Path(__file__).parent / "recipes"
+TINY = "tiny"  # base_model naming the embedded default, written into the run directory
 
 
 class MediaConfig(Strict):
@@ -27,9 +28,13 @@ class MediaConfig(Strict):
 
     num_frames: PositiveInt = 8  # uniformly sampled segments, as in the paper
     size: PositiveInt = 224  # square side of the face crop fed to the model
-    detector: Literal["yunet", "haar", "none"] = "haar"
+    # mtcnn's weights ship in a dependency; yunet needs yunet_model; README compares them.
+    detector: Literal["mtcnn", "yunet", "haar", "none"] = "mtcnn"
     yunet_model: str | None = None  # path to YuNet ONNX weights (detector=yunet)
     score_threshold: float = Field(0.6, ge=0.0, le=1.0)
+    # Faces smaller than this share of the detection frame's shorter side are ignored:
+    # it keeps detectors off background faces and Haar off eyes, and bounds MTCNN's pyramid.
+    min_face: float = Field(0.25, gt=0.0, le=1.0)
     margin: float = Field(0.25, ge=0.0, le=2.0)  # extra context around the face box
     max_decode_side: PositiveInt = 480  # decode larger sources at reduced resolution
     # The detector sees frames scaled down to this shorter side: detection cost falls
@@ -178,6 +183,8 @@ class DataConfig(Strict):
     # (fewer were memorised, not learnt).
     demo_size: PositiveInt = 4600
     demo_seed: int = 0
+    # A run warns for each task and split whose clips show a face less often than this.
+    min_face_found: float = Field(0.8, ge=0.0, le=1.0)
 
 
 class Recipe(Strict):

@@ -21,9 +21,7 @@ from pathlib import Path
 
 from emoverse.atomic_dir import atomic_dir
 from emoverse.model.checkpoint import LINEAGE, is_checkpoint
-from emoverse.recipe import Recipe, dump_recipe, load_recipe
-
-TINY = "tiny"
+from emoverse.recipe import TINY, Recipe, dump_recipe, load_recipe
 
 
 class RunDir:

@@ -91,3 +91,49 @@ def test_haar_fallback_is_centre_crop_when_nothing_is_found(tmp_path):
     haar_clip = process_clip(carphone(), MediaConfig(num_frames=8, size=32),
                              make_detector("haar"))
     assert haar_clip.face_found  # Haar finds the carphone face in some frames
+
+
+def test_face_found_rate_per_task_and_split_with_a_warning_under_the_threshold(tmp_path, capsys):
+    import json
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from emoverse.cli import main
+    from emoverse.media.cache import DONE, cache_stats, low_face_rates
+
+    rows = [("fer", "train", True, True)] * 9 + [("fer", "train", True, False)] + \
+        [("mer", "test", True, True), ("mer", "test", True, False), ("mer", "test", False, False)]
+    (tmp_path / "clips").mkdir()
+    pq.write_table(pa.table({
+        "sample_id": [f"s{i}" for i in range(len(rows))], "task": [r[0] for r in rows],
+        "split": [r[1] for r in rows], "media_path": ["x.mp4"] * len(rows),
+        "ok": [r[2] for r in rows], "face_found": [r[3] for r in rows],
+        "error": [None if r[2] else "no such file" for r in rows],
+        "frames": [[0] * (2 * 8 * 8 * 3)] * len(rows)}),
+        tmp_path / "clips" / "part-0.parquet")
+    (tmp_path / "media.json").write_text(json.dumps({"num_frames": 2, "size": 8}))
+    stats = cache_stats(tmp_path / "clips")
+    assert stats["face_found"] == [{"task": "fer", "split": "train", "clips": 10, "rate": 0.9},
+                                   {"task": "mer", "split": "test", "clips": 2, "rate": 0.5}]
+    assert low_face_rates(stats, 0.8) == [
+        "mer test: face found in 50.0% of 2 clips, under the recipe's data.min_face_found 80%"]
+    (tmp_path / DONE).write_text(json.dumps(stats))
+    assert main(["media", "inspect", str(tmp_path), "--count", "2"]) == 0
+    out = capsys.readouterr().out
+    assert ["fer", "train", "10", "90.0%"] in [line.split() for line in out.splitlines()]
+    assert ["mer", "test", "2", "50.0%"] in [line.split() for line in out.splitlines()]
+
+
+def test_mtcnn_the_default_finds_the_carphone_face_in_every_frame():
+    import decord
+
+    cfg = MediaConfig()
+    assert cfg.detector == "mtcnn"
+    detector = make_detector(cfg.detector, cfg.yunet_model, cfg.score_threshold, cfg.min_face)
+    reader = decord.VideoReader(carphone())
+    frames = reader.get_batch(list(range(len(reader)))).asnumpy()
+    found = [choose_face(detect_scaled(detector, f, cfg.detect_side), f.shape) for f in frames]
+    assert len(frames) == 120 and all(b is not None for b in found)
+    clip = process_clip(carphone(), MediaConfig(num_frames=8, size=64), detector)
+    assert clip.face_found

@@ -70,15 +70,18 @@ def test_meld_bad_rows_are_reported_and_the_rest_converts(tmp_path):
     for u in (0, 1, 2, 3, 4):
         (clips / f"dia0_utt{u}.mp4").touch()
     conv = meld.convert(path, clips)
-    assert [r["sample_id"] for r in conv.rows] == ["meld-mer-valid-dia0_utt0",
-                                                   "meld-msa-valid-dia0_utt0"]
+    # MELD's stamps cut nothing: a malformed or reversed one is a notice, not a lost row
+    assert [r["sample_id"] for r in conv.rows] == [
+        f"meld-{t}-valid-dia0_utt{u}" for u in (0, 2, 4) for t in ("mer", "msa")]
     reasons = {(r.row, r.field): r.reason for r in conv.rejections}
     assert reasons[("dev_sent_emo.csv:3", "Emotion")] == "unknown emotion 'bored'"
-    assert "malformed time stamp" in reasons[("dev_sent_emo.csv:4", "StartTime")]
     assert reasons[("dev_sent_emo.csv:5", "Utterance")] == "empty text"
-    assert "before it starts" in reasons[("dev_sent_emo.csv:6", "EndTime")]
     assert reasons[("dev_sent_emo.csv:7", "Utterance")] == "text is not valid UTF-8"
-    assert len(conv.rejections) == 5
+    assert len(conv.rejections) == 3
+    notices = {(r.row, r.field): r.reason for r in conv.notices}
+    assert "malformed time stamp" in notices[("dev_sent_emo.csv:4", "StartTime")]
+    assert notices[("dev_sent_emo.csv:6", "EndTime")].startswith("reversed time stamps")
+    assert len(conv.notices) == 2
 
 
 def test_meld_missing_clips_and_columns(tmp_path):

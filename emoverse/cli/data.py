@@ -16,7 +16,7 @@ def _emt_demo(args) -> int:
 def _emt_build(args) -> int:
     from pathlib import Path
 
-    from emoverse.emt.build import BuildOptions, build, rejections_path
+    from emoverse.emt.build import BuildOptions, build, notices_path, rejections_path
 
     opts = BuildOptions(
         source=args.source, root=Path(args.root), inputs=[Path(p) for p in args.input],
@@ -28,7 +28,8 @@ def _emt_build(args) -> int:
         require_media=not args.no_media_check)
     path, conv = build(opts, args.out)
     print(f"wrote {path}: {len(conv.rows)} samples; {len(conv.rejections)} input rows "
-          f"rejected (see {rejections_path(path)})")
+          f"rejected (see {rejections_path(path)}); {len(conv.notices)} kept with a notice "
+          f"(see {notices_path(path)})")
     return 0
 
 
@@ -59,12 +60,14 @@ def _media_run(args) -> int:
 def _media_inspect(args) -> int:
     from pathlib import Path
 
-    from emoverse.media.cache import read_clips, read_stats
+    from emoverse.media.cache import face_table, read_clips, read_stats
     from emoverse.media.contact_sheet import contact_sheet, write_png
 
     stats = read_stats(args.cache)
     print(f"clips {stats['clips']}, usable {stats['ok']}, failed {stats['failed']}, "
           f"face found in {stats['face_found_rate']:.1%} of usable clips")
+    if stats.get("face_found"):  # caches made before the per-task figures have none
+        print(face_table(stats))
     for error in stats["errors"][:10]:
         print(f"  failed {error['sample_id']}: {error['error']} ({error['media_path']})")
     clips = read_clips(args.cache, args.count, args.seed)

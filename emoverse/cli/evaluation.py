@@ -18,9 +18,9 @@ def _request(args):
 
     if not args.model:
         raise ValueError("give --model DIR_OR_RUN")
-    model = Path(args.model)
+    model = Path(args.model).resolve()  # the caller's paths: Ray's workers run elsewhere
     if not model.exists():
-        raise FileNotFoundError(f"--model {model} does not exist")
+        raise FileNotFoundError(f"--model {args.model} does not exist")
     run = find_run(model)
     # A run's recipe gives the media and eval settings (and manifest and cache) it trained
     # with; overrides change them like a recipe's.
@@ -28,19 +28,21 @@ def _request(args):
     config = override_sections({"media": recipe.media if run else MediaConfig(),
                                 "eval": recipe.eval if run else EvalConfig()}, args.overrides)
     media, settings = config["media"], config["eval"]
+    if media.yunet_model:
+        media = media.model_copy(update={"yunet_model": str(Path(media.yunet_model).resolve())})
     if run:
         model = resolve_checkpoint(model) if model.resolve() == run.path else model
-        manifest = Path(args.manifest) if args.manifest else run.manifest(recipe)
+        manifest = Path(args.manifest).resolve() if args.manifest else run.manifest(recipe)
         out = args.out or run.evaluation(model.name, settings.split)
         cache = run.media_cache
     else:
         if not args.manifest:
             raise ValueError(f"{model} is not a run: give --manifest")
-        manifest = Path(args.manifest)
+        manifest = Path(args.manifest).resolve()
         out = Path(args.out or f"evals/{model.name}-{time.strftime('%Y%m%d-%H%M%S')}")
         cache = Path(out).parent / "media-cache"
-    return EvalRequest(model=model, manifest=manifest, out=Path(out), media=media,
-                       cache_root=Path(args.cache or cache), config=settings,
+    return EvalRequest(model=model, manifest=manifest, out=Path(out).resolve(), media=media,
+                       cache_root=Path(args.cache or cache).resolve(), config=settings,
                        tasks=tuple(args.tasks) if args.tasks else None,
                        num_actors=args.actors,
                        previous=_report_dir(args.previous) if args.previous else None)

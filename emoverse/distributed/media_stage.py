@@ -39,7 +39,7 @@ class ClipProcessor:
         cv2.setNumThreads(1)  # one actor per CPU already; more threads only contend
         self.cfg = MediaConfig(**media)
         self.detector = make_detector(self.cfg.detector, self.cfg.yunet_model,
-                                      self.cfg.score_threshold)
+                                      self.cfg.score_threshold, self.cfg.min_face)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         n = len(batch["sample_id"])

@@ -21,6 +21,7 @@ from emoverse.console import logger
 from emoverse.distributed.stage_trainer import fit_stage
 from emoverse.emt.manifest import manifest_hash, read_manifest
 from emoverse.evaluation.validation import validated_metrics
+from emoverse.media.cache import face_table, low_face_rates
 from emoverse.model.checkpoint import load_processor
 from emoverse.model.generation import answer_budget
 from emoverse.recipe import Recipe, StageConfig
@@ -59,6 +60,13 @@ def chain_data(recipe: Recipe, base_model: str, manifest: str | Path,
     key = f"{base_model}|{digest}|{recipe.media.model_dump_json()}"
     return ChainData(base_model=str(base_model), manifest=str(manifest), manifest_hash=digest,
                      cache=str(cache), key=key, validation=validation)
+
+
+def log_face_rates(stats: dict, threshold: float) -> None:
+    """The face-found table per task and split, and a warning for each one under threshold."""
+    log.info("face found per task and split:\n%s", face_table(stats))
+    for line in low_face_rates(stats, threshold):
+        log.warning(line)
 
 
 def log_budgets(recipe: Recipe, manifest: str | Path, base: str) -> None:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from emoverse.console import logger
 from emoverse.drivers.training import results_table, train_recipe
+from emoverse.media.cache import face_table
 from emoverse.recipe import load_recipe
 
 log = logger(__name__)
@@ -26,6 +27,8 @@ def run_quickstart(out: str | Path | None = None, size: int | None = None, seed:
     recipe = load_recipe("m2se-tiny", [*sized, f"data.demo_seed={seed}", *(overrides or [])])
     run_dir = Path(out or f"runs/quickstart-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
     results = train_recipe(recipe, run_dir)
+    print()
+    print(face_table(results["media"]))
     print()
     print(results_table(results))
     print()

@@ -20,11 +20,13 @@ from emoverse.distributed.media_stage import run_media_stage
 from emoverse.distributed.session import cluster_resources, ensure_ray
 from emoverse.distributed.tuning import trial_params, tune_sweep
 from emoverse.drivers.chain import (ChainData, PrefixStore, chain_data, log_budgets,
-                                    train_stages)
+                                    log_face_rates, train_stages)
 from emoverse.emt.manifest import read_manifest
 from emoverse.figures import pyplot
+from emoverse.media.cache import read_stats
 from emoverse.model.checkpoint import read_lineage
 from emoverse.recipe import Recipe, apply_overrides, dump_recipe
+from emoverse.recipe_paths import resolve_paths
 from emoverse.rundir import RunDir
 from emoverse.sweep_space import (SweepSpace, param_name, point_params, recipe_point,
                                   trial_overrides)
@@ -52,7 +54,7 @@ def run_sweep(recipe: Recipe, space: SweepSpace, trials: int, sweep_dir: str | P
               early_stopping: bool = True) -> dict:
     """Run (or resume) a sweep; `baseline` evaluates the recipe's own values first."""
     space.check(recipe)
-    recipe = apply_overrides(recipe, ["eval.validate_split=valid"])
+    recipe = apply_overrides(resolve_paths(recipe), ["eval.validate_split=valid"])
     sweep = RunDir(sweep_dir)
     sweep.check(recipe)  # a different recipe in the same directory is refused
     base = sweep.base_model(recipe)
@@ -65,6 +67,7 @@ def run_sweep(recipe: Recipe, space: SweepSpace, trials: int, sweep_dir: str | P
     ensure_ray()
     cache = run_media_stage(manifest, recipe.media, sweep.media_cache,
                             resources=recipe.scaling.media_resources)
+    log_face_rates(read_stats(cache), recipe.data.min_face_found)
     fixed = {"recipe": recipe.model_dump(mode="json"), "space": space.model_dump(mode="json"),
              "stages": str(sweep.path / "stages"),
              "data": chain_data(recipe, base, manifest, cache).to_dict()}

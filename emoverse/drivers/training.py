@@ -15,7 +15,8 @@ from pathlib import Path
 from emoverse.console import logger
 from emoverse.distributed.media_stage import run_media_stage
 from emoverse.distributed.session import ensure_ray
-from emoverse.drivers.chain import RunStore, chain_data, log_budgets, train_stages
+from emoverse.drivers.chain import (RunStore, chain_data, log_budgets, log_face_rates,
+                                    train_stages)
 from emoverse.drivers.evaluation import EvalRequest
 from emoverse.drivers.evaluation import evaluate as evaluate_model
 from emoverse.emt.manifest import read_manifest
@@ -23,6 +24,7 @@ from emoverse.evaluation.scoring import table
 from emoverse.media.cache import read_stats
 from emoverse.model.checkpoint import read_lineage
 from emoverse.recipe import Recipe
+from emoverse.recipe_paths import resolve_paths
 from emoverse.rundir import RunDir
 from emoverse.train.curves import write_loss_curves
 
@@ -32,6 +34,7 @@ log = logger(__name__)
 def train_recipe(recipe: Recipe, run_dir: str | Path, stages: list[str] | None = None,
                  evaluate: bool = True, cache_root: str | Path | None = None) -> dict:
     """Train the recipe's stages (or the named ones) in order; returns the run's metrics."""
+    recipe = resolve_paths(recipe)  # the caller's paths, checked before any work
     for name in stages or []:
         recipe.stage(name)  # unknown names fail before any work
     if recipe.data.manifest:
@@ -53,6 +56,7 @@ def train_recipe(recipe: Recipe, run_dir: str | Path, stages: list[str] | None =
     stats = read_stats(cache)
     log.info("media: %d/%d clips usable, face found in %.0f%%, %d failed (see %s/stats.json)",
              stats["ok"], stats["clips"], 100 * stats["face_found_rate"], stats["failed"], cache)
+    log_face_rates(stats, recipe.data.min_face_found)
 
     results = _previous_results(run)
     results["media"] = {k: v for k, v in stats.items() if k != "errors"}

@@ -3,7 +3,9 @@
 `emoverse emt build --source KIND --root DIR --out MANIFEST [...]`
 
 Rows that cannot be used are never dropped silently: each becomes a line of
-`<manifest>.rejections.csv` (source, row, field, reason) and the build goes on.
+`<manifest>.rejections.csv` (source, row, field, reason) and the build goes on. Rows kept
+despite a defect in the corpus (a clip whose length contradicts its time stamps, a
+zero-length stamp where stamps cut nothing) are listed in `<manifest>.notices.csv`.
 """
 
 from __future__ import annotations
@@ -89,15 +91,25 @@ def rejections_path(manifest: str | Path) -> Path:
     return manifest.with_name(manifest.stem + ".rejections.csv")
 
 
-def build(opts: BuildOptions, out: str | Path) -> tuple[Path, Conversion]:
-    """Convert, write the manifest and the rejection report; returns both."""
-    conv = convert(opts)
-    report = rejections_path(out)
-    report.parent.mkdir(parents=True, exist_ok=True)
-    with open(report, "w", newline="", encoding="utf-8") as f:
+def notices_path(manifest: str | Path) -> Path:
+    manifest = Path(manifest)
+    return manifest.with_name(manifest.stem + ".notices.csv")
+
+
+def _write_report(entries: list[Rejection], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=["source", "row", "field", "reason"])
         writer.writeheader()
-        writer.writerows(asdict(r) for r in conv.rejections)
+        writer.writerows(asdict(r) for r in entries)
+
+
+def build(opts: BuildOptions, out: str | Path) -> tuple[Path, Conversion]:
+    """Convert, write the manifest, the rejection report and the notices; returns both."""
+    conv = convert(opts)
+    report = rejections_path(out)
+    _write_report(conv.rejections, report)
+    _write_report(conv.notices, notices_path(out))
     if not conv.rows:
         raise SourceError(f"no usable rows from {opts.root}; every row was rejected "
                           f"(see {report})")

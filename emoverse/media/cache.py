@@ -37,16 +37,37 @@ def cache_stats(path: str | Path) -> dict:
     """Counts from a cache's small columns (frames are never read)."""
     import pyarrow.parquet as pq
 
-    t = pq.read_table(str(path), columns=["sample_id", "media_path", "ok", "face_found",
-                                          "error"]).to_pandas()
+    t = pq.read_table(str(path), columns=["sample_id", "task", "split", "media_path", "ok",
+                                          "face_found", "error"]).to_pandas()
     good = t[t.ok]
+    by = good.groupby(["task", "split"]).face_found.agg(["size", "mean"]).reset_index()
     return {
         "clips": int(len(t)),
         "ok": int(len(good)),
         "failed": int((~t.ok).sum()),
         "face_found_rate": float(good.face_found.mean()) if len(good) else 0.0,
+        # An EMT quality figure: a task whose clips show no face teaches the model little
+        "face_found": [{"task": r.task, "split": r.split, "clips": int(r.size),
+                        "rate": float(r.mean)} for r in by.itertuples()],
         "errors": t[~t.ok][["sample_id", "media_path", "error"]].to_dict("records"),
     }
+
+
+def face_table(stats: dict) -> str:
+    """The face-found rate per task and split, as a plain-text table."""
+    from tabulate import tabulate
+
+    rows = [[r["task"], r["split"], r["clips"], f"{r['rate']:.1%}"]
+            for r in stats.get("face_found", [])]
+    return tabulate(rows, headers=["task", "split", "usable clips", "face found"],
+                    disable_numparse=True)
+
+
+def low_face_rates(stats: dict, threshold: float) -> list[str]:
+    """One line per task and split whose face-found rate is under `threshold`."""
+    return [f"{r['task']} {r['split']}: face found in {r['rate']:.1%} of {r['clips']} clips, "
+            f"under the recipe's data.min_face_found {threshold:.0%}"
+            for r in stats.get("face_found", []) if r["rate"] < threshold]
 
 
 def read_stats(cache: str | Path) -> dict:

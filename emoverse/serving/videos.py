@@ -53,7 +53,8 @@ class VideoSource:
         self.media = media
         self.limits = limits
         self.root = Path(os.path.realpath(media_root)) if media_root else None
-        self._detector = make_detector(media.detector, media.yunet_model, media.score_threshold)
+        self._detector = make_detector(media.detector, media.yunet_model, media.score_threshold,
+                                       media.min_face)
         self._detect_lock = threading.Lock()  # one OpenCV detector, not re-entrant
         self._cache: OrderedDict[str, ServedClip] = OrderedDict()
         self._cache_lock = threading.Lock()

@@ -30,12 +30,15 @@ class Rejection:
 class Conversion:
     rows: list[dict] = field(default_factory=list)
     rejections: list[Rejection] = field(default_factory=list)
+    # rows kept but worth a look (a mis-cut clip, a zero-length stamp): same fields
+    notices: list[Rejection] = field(default_factory=list)
     # clip key -> the clip's media, speech, split and emotion, for FER/ERI add-ons
     clips: dict[str, dict] = field(default_factory=dict)
 
     def merge(self, other: "Conversion") -> None:
         self.rows += other.rows
         self.rejections += other.rejections
+        self.notices += other.notices
         self.clips.update(other.clips)
 
     def add_clip(self, key: str, row: dict, emotion: str | None = None) -> None:

@@ -14,6 +14,7 @@ from pathlib import Path
 from emoverse.emt.sources.common import (Conversion, Rejection, RowError, SourceError,
                                          clean_text, media_file, parse_timestamp, sample,
                                          split_from_name)
+from emoverse.media.probe import stamp_notice
 from emoverse.tasks.base import canonical_emotion
 
 
@@ -61,7 +62,7 @@ def _context(conv: dict) -> list[dict]:
 
 
 def _media(utt: dict, clips: Path, episodes: Path | None, require: bool) -> dict:
-    if episodes is None:
+    if episodes is None:  # cut clips: the span is only checked against the clip's length
         return {"media_path": media_file(clips, utt["video_name"], require)}
     episode, start, end = utt["video_source"]
     begin, finish = parse_timestamp(start, "video_source"), parse_timestamp(end, "video_source")
@@ -81,16 +82,36 @@ def convert(json_path: str | Path, clips: str | Path, split: str | None = None,
         cid = conv.get("conversation_ID")
         try:
             context, pairs = _context(conv), _pairs(conv)
+            rows = []
             for k, utt in enumerate(conv["conversation"], start=1):
                 mine = [p for p in pairs if p["emotion_utterance"] == k]
-                out.rows.append(sample(
+                rows.append(sample(
                     "ecpe", f"ecf-ecpe-{split}-{cid}-{k}", "ecf", split,
                     transcript=context[k - 1]["text"], context=context, target_utterance=k,
                     label_class=context[k - 1]["emotion"], label_pairs=mine,
                     **_media(utt, clips, episodes, require_media)))
+            out.rows += rows
+            if episodes is None and require_media:
+                out.notices += _clip_notices(conv, rows)
         except RowError as exc:
             out.rejections.append(Rejection("ecf", f"conversation {cid}", exc.field, str(exc)))
         except (KeyError, TypeError, ValueError) as exc:
             out.rejections.append(Rejection("ecf", f"conversation {cid}", "conversation",
                                             f"malformed conversation: {exc!r}"))
     return out
+
+
+def _clip_notices(conv: dict, rows: list[dict]) -> list[Rejection]:
+    """Cut clips whose length contradicts their utterance's span (probe.py has the rule)."""
+    notices = []
+    for k, (utt, row) in enumerate(zip(conv["conversation"], rows), start=1):
+        try:
+            _, start, end = utt["video_source"]
+            span = parse_timestamp(end, "video_source") - parse_timestamp(start, "video_source")
+        except (RowError, ValueError, TypeError):
+            continue  # the span cuts nothing here, and the clip is what the model sees
+        reason = stamp_notice(row["media_path"], span)
+        if reason:
+            notices.append(Rejection("ecf", f"conversation {conv.get('conversation_ID')} "
+                                     f"utterance {k}", "video_source", reason))
+    return notices

@@ -40,6 +40,9 @@ class MediaConfig(Strict):
     # The detector sees frames scaled down to this shorter side: detection cost falls
     # with the pixel count, the box is scaled back, and the crop keeps full resolution.
     detect_side: int = Field(192, ge=32)
+    # Detect on this many of the sampled frames, evenly spread with the first and last; the
+    # others take the nearest detected box. None: every frame. For faces that hardly move.
+    detect_frames: PositiveInt | None = None
     max_source_side: PositiveInt = 4096  # larger sources are rejected as unusable
     use_peak_frame: bool = True  # sample OpenFace's peak-expression frame when known
 

@@ -7,7 +7,8 @@ import pytest
 
 from emoverse.emt.demo_clips import write_mp4
 from emoverse.media.clips import MediaError, decode_frames, process_clip, sample_indices
-from emoverse.media.faces import choose_face, detect_scaled, make_detector, smooth_boxes
+from emoverse.media.faces import (choose_face, detect_scaled, detector_for, make_detector,
+                                  smooth_boxes)
 from emoverse.recipe import MediaConfig
 
 
@@ -130,10 +131,30 @@ def test_mtcnn_the_default_finds_the_carphone_face_in_every_frame():
 
     cfg = MediaConfig()
     assert cfg.detector == "mtcnn"
-    detector = make_detector(cfg.detector, cfg.yunet_model, cfg.score_threshold, cfg.min_face)
+    detector = detector_for(cfg)
     reader = decord.VideoReader(carphone())
     frames = reader.get_batch(list(range(len(reader)))).asnumpy()
     found = [choose_face(detect_scaled(detector, f, cfg.detect_side), f.shape) for f in frames]
     assert len(frames) == 120 and all(b is not None for b in found)
     clip = process_clip(carphone(), MediaConfig(num_frames=8, size=64), detector)
     assert clip.face_found
+
+
+def test_detection_on_some_frames_fills_the_others_from_the_nearest():
+    from emoverse.media.clips import detection_frames
+
+    assert detection_frames(4, None) == [0, 1, 2, 3] and detection_frames(4, 9) == [0, 1, 2, 3]
+    assert detection_frames(4, 2) == [0, 3] and detection_frames(8, 3) == [0, 4, 7]
+    assert detection_frames(5, 1) == [0]
+
+    class Counting:
+        calls = 0
+
+        def detect(self, frame):
+            Counting.calls += 1
+            return np.array([[40, 30, 60, 60, 1.0]], np.float32)
+
+    clip = process_clip(carphone(), MediaConfig(num_frames=4, size=32, detect_frames=2),
+                        Counting())
+    assert Counting.calls == 2 and clip.face_found
+    assert all(np.allclose(b, [40, 30, 60, 60]) for b in clip.boxes)

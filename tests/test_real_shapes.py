@@ -37,7 +37,7 @@ def test_paper_recipe_at_real_width_trains_evaluates_exports_and_serves(tmp_path
 
     from emoverse.drivers.training import train_recipe
     from emoverse.media.clips import process_clip
-    from emoverse.media.faces import make_detector
+    from emoverse.media.faces import detector_for
     from emoverse.model.export import export_model
     from emoverse.rundir import resolve_checkpoint
     from emoverse.serving.catalog import build_catalog
@@ -78,7 +78,7 @@ def test_paper_recipe_at_real_width_trains_evaluates_exports_and_serves(tmp_path
     catalog = build_catalog(ServeArgs(model=str(run)))
     row = next(r for r in json_rows(manifest) if r["task"] == "mer")
     frames = process_clip(row["media_path"], catalog.media,
-                          make_detector(catalog.media.detector)).frames
+                          detector_for(catalog.media)).frames
     assert frames.shape == (2, 448, 448, 3)
     answer = ModelPool(catalog).generate(STAGES[1], [Job(row["prompt"], frames, 4)])[0]
     assert answer.completion_tokens >= 1 and answer.prompt_tokens > 2 * 256

@@ -46,7 +46,7 @@ def manifest(demo_set) -> pd.DataFrame:
 @pytest.fixture(scope="module")
 def served_run(tmp_path_factory, tiny_model, manifest) -> Path:
     from emoverse.media.clips import process_clip
-    from emoverse.media.faces import make_detector
+    from emoverse.media.faces import detector_for
     from emoverse.model.checkpoint import (apply_trainable, load_model, load_processor,
                                            save_checkpoint)
     from emoverse.recipe import dump_recipe, load_recipe
@@ -55,7 +55,7 @@ def served_run(tmp_path_factory, tiny_model, manifest) -> Path:
     recipe = load_recipe("m2se-tiny")
     dump_recipe(recipe, run / "recipe.yaml")
     msa = manifest[manifest.task == "msa"].head(8)
-    detector = make_detector(recipe.media.detector)
+    detector = detector_for(recipe.media)
     rows = {"prompt": list(msa.prompt),
             "frames": [process_clip(p, recipe.media, detector).frames for p in msa.media_path]}
     processor = load_processor(tiny_model)
@@ -201,7 +201,7 @@ def test_catalog_serves_each_stage_over_one_base(served_run):
 def test_engine_switches_adapters_on_one_base_like_merged_weights(served_run, manifest):
     from emoverse.model.generation import AnswerGenerator
     from emoverse.media.clips import process_clip
-    from emoverse.media.faces import make_detector
+    from emoverse.media.faces import detector_for
     from emoverse.serving.catalog import build_catalog
     from emoverse.serving.config import AdapterSpec
     from emoverse.serving.model_pool import ModelPool, Job
@@ -209,7 +209,7 @@ def test_engine_switches_adapters_on_one_base_like_merged_weights(served_run, ma
     catalog = build_catalog(ServeArgs(model=str(served_run), adapters={
         "tenant": AdapterSpec(path=str(served_run / "checkpoints" / STAGE2), base=STAGE1)}))
     rows = manifest[manifest.task.isin(["msa", "mer"])].tail(3)
-    detector = make_detector(catalog.media.detector)
+    detector = detector_for(catalog.media)
     frames = [process_clip(p, catalog.media, detector).frames for p in rows.media_path]
     jobs = [Job(p, f, 6) for p, f in zip(rows.prompt, frames)]
     engine = ModelPool(catalog)

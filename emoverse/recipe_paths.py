@@ -20,28 +20,29 @@ class BaseModelError(ValueError):
     """The recipe's base model is neither a directory nor a reachable hub repository."""
 
 
-def _absolute(value: str, cwd: Path) -> str:
+def absolute(value: str, cwd: Path | None = None) -> str:
+    """`value` as an absolute path, a relative one taken from `cwd` (default: the caller's)."""
     path = Path(value).expanduser()
+    cwd = Path(cwd or os.getcwd())
     return str(path if path.is_absolute() else (cwd / path).resolve())
 
 
-def resolve_paths(recipe: Recipe, cwd: str | Path | None = None,
-                  check_hub: bool = True) -> Recipe:
+def resolve_paths(recipe: Recipe, cwd: str | Path | None = None) -> Recipe:
     """`recipe` with every path setting absolute; a base model that cannot be found fails."""
     cwd = Path(cwd or os.getcwd())
     overrides = []
     if recipe.data.manifest:
-        overrides.append(f"data.manifest={_absolute(recipe.data.manifest, cwd)}")
+        overrides.append(f"data.manifest={absolute(recipe.data.manifest, cwd)}")
     if recipe.media.yunet_model:
-        overrides.append(f"media.yunet_model={_absolute(recipe.media.yunet_model, cwd)}")
+        overrides.append(f"media.yunet_model={absolute(recipe.media.yunet_model, cwd)}")
     if recipe.base_model != TINY:
-        overrides.append(f"base_model={locate_base(recipe.base_model, cwd, check_hub)}")
+        overrides.append(f"base_model={locate_base(recipe.base_model, cwd)}")
     return apply_overrides(recipe, overrides) if overrides else recipe
 
 
-def locate_base(value: str, cwd: Path, check_hub: bool = True) -> str:
+def locate_base(value: str, cwd: Path) -> str:
     """An existing directory as an absolute path, or a hub id that can be reached."""
-    local = Path(_absolute(value, cwd))
+    local = Path(absolute(value, cwd))
     if local.is_dir():
         return str(local)
     from huggingface_hub.utils import HFValidationError, validate_repo_id
@@ -53,8 +54,7 @@ def locate_base(value: str, cwd: Path, check_hub: bool = True) -> str:
         raise BaseModelError(f"{looked}, and it is not a model hub id") from None
     if Path(value).parts[0] in (".", "..") or value.count("/") != 1:
         raise BaseModelError(f"{looked}, and it is not a model hub id (ORG/NAME)")
-    if check_hub:
-        _reach_hub(value, looked)
+    _reach_hub(value, looked)
     return value
 
 

@@ -93,15 +93,14 @@ def carphone_frames() -> np.ndarray:
     return reader.get_batch(list(range(len(reader)))).asnumpy()
 
 
-def carphone_rate(cfg: MediaConfig) -> tuple[int, int, float]:
+def carphone_rate(det, side: int) -> tuple[int, int, float]:
     """Frames of carphone with a face found, frames, and detection frames/s on one core."""
     import cv2
 
     cv2.setNumThreads(1)  # as in a media-stage actor
     frames = carphone_frames()
-    det = detector_for(cfg)
     start = time.perf_counter()
-    found = sum(choose_face(detect_scaled(det, f, cfg.detect_side), f.shape) is not None
+    found = sum(choose_face(detect_scaled(det, f, side), f.shape) is not None
                 for f in frames)
     return found, len(frames), len(frames) / (time.perf_counter() - start)
 
@@ -123,7 +122,7 @@ def measure(detector: str, paths: list[str], small: Path, large: Path, work: Pat
     out = []
     with MemoryWatch() as mem_large:
         piped = timed(lambda: out.append(run_media_stage(large, cfg, work / "cache")))
-    found, total, det_fps = carphone_rate(cfg)
+    found, total, det_fps = carphone_rate(det, cfg.detect_side)
     stats = read_stats(out[0])
     n_small = pq.read_metadata(small).num_rows
     return {

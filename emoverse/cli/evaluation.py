@@ -14,6 +14,7 @@ def _request(args):
     from emoverse.config_file import override_sections
     from emoverse.drivers.evaluation import EvalRequest
     from emoverse.recipe import EvalConfig, MediaConfig, load_recipe
+    from emoverse.recipe_paths import absolute
     from emoverse.rundir import find_run, resolve_checkpoint
 
     if not args.model:
@@ -29,9 +30,9 @@ def _request(args):
                                 "eval": recipe.eval if run else EvalConfig()}, args.overrides)
     media, settings = config["media"], config["eval"]
     if media.yunet_model:
-        media = media.model_copy(update={"yunet_model": str(Path(media.yunet_model).resolve())})
+        media = media.model_copy(update={"yunet_model": absolute(media.yunet_model)})
     if run:
-        model = resolve_checkpoint(model) if model.resolve() == run.path else model
+        model = resolve_checkpoint(model) if model == run.path else model
         manifest = Path(args.manifest).resolve() if args.manifest else run.manifest(recipe)
         out = args.out or run.evaluation(model.name, settings.split)
         cache = run.media_cache

@@ -86,14 +86,17 @@ def _drop_duplicates(conv: Conversion) -> Conversion:
     return conv
 
 
-def rejections_path(manifest: str | Path) -> Path:
+def _report_path(manifest: str | Path, kind: str) -> Path:
     manifest = Path(manifest)
-    return manifest.with_name(manifest.stem + ".rejections.csv")
+    return manifest.with_name(f"{manifest.stem}.{kind}.csv")
+
+
+def rejections_path(manifest: str | Path) -> Path:
+    return _report_path(manifest, "rejections")
 
 
 def notices_path(manifest: str | Path) -> Path:
-    manifest = Path(manifest)
-    return manifest.with_name(manifest.stem + ".notices.csv")
+    return _report_path(manifest, "notices")
 
 
 def _write_report(entries: list[Rejection], path: Path) -> None:

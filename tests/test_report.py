@@ -5,7 +5,8 @@ import json
 import pandas as pd
 import pytest
 
-from emoverse.evaluation.report import compare_table, parsed_predictions, write_report
+from emoverse.evaluation.report import (bars_figure, compare_table, parsed_predictions,
+                                        write_report)
 from emoverse.evaluation.scoring import score
 
 
@@ -43,6 +44,24 @@ def test_report_is_complete_and_replaces_an_earlier_one(tmp_path):
     assert names == {"metrics.json", "predictions.parquet", "metrics.png", "confusion_msa.png",
                      "confusion_mer.png"}
     assert not (tmp_path / "report.partial").exists()
+
+
+@pytest.mark.parametrize("tasks", [["msa", "mer"], ["msa", "mer", "fer", "eri", "ecpe"]])
+def test_metrics_figure_names_stages_and_keeps_its_legend_inside(tasks):
+    scores = {t: {"primary": "accuracy", "accuracy": 0.9} for t in tasks}
+    metrics = {"stage": "stage2-reason-finetuning", "tasks": scores,
+               "baseline": {t: {"accuracy": 0.3} for t in tasks}}
+    previous = {"label": "stage1-multitask-pretraining", "tasks": scores}
+    fig = bars_figure(metrics, previous)
+    fig.canvas.draw()
+    legend = fig.legends[0]
+    assert [t.get_text() for t in legend.get_texts()] == [
+        "stage2-reason-finetuning", "stage1-multitask-pretraining", "majority baseline"]
+    inside = fig.bbox
+    for artist in [legend, *fig.axes[0].get_xticklabels()]:
+        box = artist.get_window_extent()
+        assert box.x0 >= inside.x0 and box.x1 <= inside.x1
+        assert box.y0 >= inside.y0 and box.y1 <= inside.y1
 
 
 def test_compare_table_lists_shared_metrics_with_differences():

@@ -2,8 +2,9 @@
 
 For each face detector, on the same generated clips (by default 48 frames at 360x360,
 closer to corpus clips than the quickstart's), in one run: (a) a naive single-process
-loop that decodes every frame, samples, detects at full resolution, crops and resizes (the
-way public M2SE preprocessing works), (b) the Ray Data media stage on all CPUs, (c)
+loop that decodes every frame, samples, detects frame by frame at full resolution, crops and
+resizes (the way public M2SE preprocessing works; OpenCV at its default thread count, as in
+a plain script), (b) the Ray Data media stage on all CPUs, (c)
 decoding the sampled frames alone in one process (the floor). Throughput is compared on
 K x N clips; (b) also runs on N clips, and the peak resident memory of the Ray processes
 on both sizes shows streaming keeps it flat. Detection quality beside speed: the share of
@@ -14,7 +15,6 @@ real carphone clip.
 from __future__ import annotations
 
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -43,38 +43,43 @@ def naive_clip(path: str, cfg: MediaConfig, detector) -> np.ndarray:
     return np.stack([crop_square(f, b, cfg.margin, cfg.size) for f, b in zip(picked, boxes)])
 
 
-class MemoryWatch:
-    """Peak summed RSS of this process and every Ray worker process, sampled in a thread.
+def _watch_memory(stop, peak, every: float, driver: int) -> None:
+    import psutil
 
-    Listing every process costs CPU the measured stage needs (half a core at 10 Hz on a
-    2-core machine), so it samples twice a second."""
-
-    def __init__(self, every: float = 0.5):
-        self.every, self.peak, self._stop = every, 0, threading.Event()
-
-    def _total(self) -> int:
-        import psutil
-
+    while not stop.wait(every):
         total = 0
         for proc in psutil.process_iter(["cmdline", "memory_info"]):
             cmd = " ".join(proc.info["cmdline"] or [])
-            if proc.pid == psutil.Process().pid or cmd.startswith("ray::"):
+            if proc.pid == driver or cmd.startswith("ray::"):
                 total += proc.info["memory_info"].rss if proc.info["memory_info"] else 0
-        return total
+        peak.value = max(peak.value, total)
+
+
+class MemoryWatch:
+    """Peak summed RSS of this process and every Ray worker process.
+
+    Sampled twice a second by a process of its own: as a thread of the driver, listing every
+    process held the GIL that Ray Data's scheduling loop needs, and the stage it measured
+    ran about a fifth slower."""
+
+    def __init__(self, every: float = 0.5):
+        import multiprocessing
+        import os
+
+        ctx = multiprocessing.get_context("spawn")
+        self._stop, self._peak = ctx.Event(), ctx.Value("q", 0)
+        self._proc = ctx.Process(target=_watch_memory, daemon=True,
+                                 args=(self._stop, self._peak, every, os.getpid()))
+        self.peak = 0
 
     def __enter__(self):
-        def loop():
-            while not self._stop.is_set():
-                self.peak = max(self.peak, self._total())
-                time.sleep(self.every)
-
-        self._thread = threading.Thread(target=loop, daemon=True)
-        self._thread.start()
+        self._proc.start()
         return self
 
     def __exit__(self, *exc):
         self._stop.set()
-        self._thread.join()
+        self._proc.join()
+        self.peak = self._peak.value
 
 
 def timed(fn) -> float:
@@ -97,12 +102,16 @@ def carphone_rate(det, side: int) -> tuple[int, int, float]:
     """Frames of carphone with a face found, frames, and detection frames/s on one core."""
     import cv2
 
+    threads = cv2.getNumThreads()
     cv2.setNumThreads(1)  # as in a media-stage actor
-    frames = carphone_frames()
-    start = time.perf_counter()
-    found = sum(choose_face(detect_scaled(det, f, side), f.shape) is not None
-                for f in frames)
-    return found, len(frames), len(frames) / (time.perf_counter() - start)
+    try:
+        frames = carphone_frames()
+        start = time.perf_counter()
+        found = sum(choose_face(detect_scaled(det, f, side), f.shape) is not None
+                    for f in frames)
+        return found, len(frames), len(frames) / (time.perf_counter() - start)
+    finally:  # the next detector's naive loop runs as plain scripts do, on OpenCV's default
+        cv2.setNumThreads(threads)
 
 
 def measure(detector: str, paths: list[str], small: Path, large: Path, work: Path,

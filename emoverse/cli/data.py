@@ -138,7 +138,7 @@ def register(sub) -> None:
     stats.set_defaults(func=_emt_stats)
     media = sub.add_parser(
         "media", help="the media stage: decode clips and crop faces on Ray Data",
-        description="Decode every clip of a manifest with decord, sample frames uniformly "
+        description="Decode every clip of a manifest with PyAV, sample frames uniformly "
                     "(the OpenFace peak frame when known), detect and crop the face and cache "
                     "fixed-shape frames as Parquet under a key of manifest content and media "
                     "parameters; unusable clips are listed in errors.csv.").add_subparsers(

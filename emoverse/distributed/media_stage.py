@@ -20,13 +20,12 @@ import numpy as np
 from emoverse.atomic_dir import atomic_dir
 from emoverse.distributed.session import cluster_resources
 from emoverse.emt.manifest import manifest_hash, read_manifest
-from emoverse.media.cache import (CLIPS, DONE, ERRORS, PARAMS, cache_stats, clip_files,
-                                   write_error_report)
+from emoverse.media.cache import CLIPS, DONE, ERRORS, PARAMS, cache_stats, write_error_report
 from emoverse.media.clips import MediaError, process_clip
 from emoverse.media.faces import detector_for
 from emoverse.recipe import MediaConfig
 
-MEDIA_VERSION = "media/1"
+MEDIA_VERSION = "media/2"  # 2: PyAV decoding and our MTCNN runner
 PASS_THROUGH = ["sample_id", "task", "source", "split", "prompt", "target"]
 
 

@@ -13,7 +13,8 @@ def ensure_ray(num_cpus: int | None = None) -> None:
         if os.environ.get("RAY_ADDRESS"):
             ray.init()
         else:
-            ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False)
+            ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False,
+                     runtime_env={"worker_process_setup_hook": "emoverse.console.quiet_ray"})
     # One overall progress line per dataset; per-operator bars swamp a log file.
     ctx = ray.data.DataContext.get_current()
     ctx.enable_operator_progress_bars = False

@@ -70,7 +70,8 @@ def evaluate(req: EvalRequest) -> dict:
         "baseline": baselines(manifest, ids),
     }
     if previous:
-        previous.setdefault("label", str(req.previous))
+        # the earlier stage's name, not its report's path (figures read at their saved size)
+        previous.setdefault("label", previous.get("stage") or req.previous.name)
     write_report(req.out, metrics, preds, manifest, previous)
     if is_checkpoint(req.model):  # the checkpoint's lineage records its evaluation too
         _record_in_lineage(Path(req.model), split, metrics["tasks"])

@@ -23,6 +23,7 @@ from emoverse.emt.manifest import read_manifest
 from emoverse.evaluation.scoring import table
 from emoverse.media.cache import read_stats
 from emoverse.model.checkpoint import read_lineage
+from emoverse.phase_clock import PhaseClock
 from emoverse.recipe import Recipe
 from emoverse.recipe_paths import resolve_paths
 from emoverse.rundir import RunDir
@@ -32,8 +33,11 @@ log = logger(__name__)
 
 
 def train_recipe(recipe: Recipe, run_dir: str | Path, stages: list[str] | None = None,
-                 evaluate: bool = True, cache_root: str | Path | None = None) -> dict:
-    """Train the recipe's stages (or the named ones) in order; returns the run's metrics."""
+                 evaluate: bool = True, cache_root: str | Path | None = None,
+                 clock: PhaseClock | None = None) -> dict:
+    """Train the recipe's stages (or the named ones) in order; returns the run's metrics.
+    `clock` (started by the caller) gets a mark at the end of each phase."""
+    clock = clock or PhaseClock()
     recipe = resolve_paths(recipe)  # the caller's paths, checked before any work
     for name in stages or []:
         recipe.stage(name)  # unknown names fail before any work
@@ -43,11 +47,15 @@ def train_recipe(recipe: Recipe, run_dir: str | Path, stages: list[str] | None =
     run.check(recipe)
     log.info("run directory: %s", run.path)
     base = run.base_model(recipe)
+    clock.mark("base model")
     manifest = run.manifest(recipe, progress=_demo_progress())
+    clock.mark("demo clips" if recipe.data.manifest is None else "manifest")
     # Before the recipe is recorded: a run refused here can be re-run with a fixed recipe.
     log_budgets(recipe, manifest, base)
     run.start(recipe)
+    clock.mark("checks")
     ensure_ray()
+    clock.mark("Ray start")
 
     log.info("media stage: decoding clips and cropping faces on Ray Data")
     cache_root = Path(cache_root or run.media_cache)
@@ -57,6 +65,7 @@ def train_recipe(recipe: Recipe, run_dir: str | Path, stages: list[str] | None =
     log.info("media: %d/%d clips usable, face found in %.0f%%, %d failed (see %s/stats.json)",
              stats["ok"], stats["clips"], 100 * stats["face_found_rate"], stats["failed"], cache)
     log_face_rates(stats, recipe.data.min_face_found)
+    clock.mark("media stage")
 
     results = _previous_results(run)
     results["media"] = {k: v for k, v in stats.items() if k != "errors"}
@@ -68,6 +77,7 @@ def train_recipe(recipe: Recipe, run_dir: str | Path, stages: list[str] | None =
             write_loss_curves({s.name: read_lineage(run.checkpoint(s.name))
                                for s in recipe.stages if run.is_finished(s.name)},
                               run.path / "loss.png")
+        clock.mark(f"{'train' if done.trained else 'reuse'} {name}")
         if not evaluate:
             continue
         report = run.evaluation(name, recipe.eval.split)
@@ -76,6 +86,7 @@ def train_recipe(recipe: Recipe, run_dir: str | Path, stages: list[str] | None =
             _record_evaluation(run, results, name, EvalRequest(
                 model=done.checkpoint, manifest=manifest, media=recipe.media, out=report,
                 config=recipe.eval, cache_root=cache_root, previous=previous_eval))
+            clock.mark(f"evaluate {name}")
         previous_eval = report
     return results
 

@@ -67,15 +67,23 @@ def write_confusion(path: Path, task_name: str, manifest: pd.DataFrame,
 
 def write_bars(path: Path, metrics: dict, previous: dict | None = None) -> None:
     """Grouped bars of each task's primary metric: this model, baseline, previous run."""
+    fig = bars_figure(metrics, previous)
+    fig.savefig(path, dpi=100)
+    pyplot().close(fig)
+
+
+def bars_figure(metrics: dict, previous: dict | None = None):
+    """The figure of `write_bars`. Series are named by stage (or `label`), never by path,
+    and the legend sits in a band of its own below the axes, inside the saved figure."""
     import numpy as np
 
     plt = pyplot()
     tasks = [t for t in TASK_NAMES if t in metrics["tasks"]]
-    series = {"this model": metrics["tasks"]}
+    series = {metrics.get("stage") or "this model": metrics["tasks"]}
     if previous:
-        series[f"previous ({previous.get('label', 'run')})"] = previous["tasks"]
+        series[previous.get("label") or previous.get("stage") or "previous"] = previous["tasks"]
     series["majority baseline"] = metrics.get("baseline", {})
-    fig, ax = plt.subplots(figsize=(1.6 * len(tasks) + 2, 4))
+    fig, ax = plt.subplots(figsize=(1.6 * len(tasks) + 2, 4.5), layout="constrained")
     width = 0.8 / len(series)
     for i, (name, values) in enumerate(series.items()):
         heights = [values.get(t, {}).get(metrics["tasks"][t]["primary"], np.nan) for t in tasks]
@@ -83,11 +91,11 @@ def write_bars(path: Path, metrics: dict, previous: dict | None = None) -> None:
     ax.set_xticks(np.arange(len(tasks)) + width * (len(series) - 1) / 2,
                   [f"{t.upper()}\n{metrics['tasks'][t]['primary']}" for t in tasks])
     ax.set_ylim(0, 1)
-    ax.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=len(series), frameon=False)
+    ax.set_ylabel("primary metric")
     ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    columns = len(series) if len(tasks) >= 4 else 1  # narrow figures stack the entries
+    fig.legend(loc="outside lower center", ncol=columns, frameon=False)
+    return fig
 
 
 def compare_table(a: dict, b: dict, names: tuple[str, str] = ("A", "B")) -> str:

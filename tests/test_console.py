@@ -1,0 +1,28 @@
+"""The console: Ray's worker processes of a local instance keep Ray's known noise down."""
+
+import logging
+
+import pytest
+
+from emoverse.console import QUIET_ON_LOCAL_RAY
+
+
+@pytest.mark.integration
+def test_local_ray_workers_run_the_quiet_hook(monkeypatch):
+    import ray
+
+    from emoverse.distributed.session import ensure_ray
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    if ray.is_initialized():
+        ray.shutdown()
+
+    @ray.remote(num_cpus=0)
+    def levels() -> dict:
+        return {name: logging.getLogger(name).level for name in QUIET_ON_LOCAL_RAY}
+
+    ensure_ray(num_cpus=1)
+    try:
+        assert ray.get(levels.remote()) == QUIET_ON_LOCAL_RAY
+    finally:
+        ray.shutdown()

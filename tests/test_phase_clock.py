@@ -1,0 +1,32 @@
+"""The quickstart's closing output without Ray: the phase table and the next commands."""
+
+import shlex
+
+from emoverse.cli import build_parser
+from emoverse.drivers.quickstart import next_steps
+from emoverse.phase_clock import PhaseClock
+
+
+def test_phases_follow_one_another_and_add_up_to_the_total(monkeypatch):
+    ticks = iter([100.0, 112.5, 130.0, 131.0])
+    monkeypatch.setattr("emoverse.phase_clock.time.perf_counter", lambda: next(ticks))
+    clock = PhaseClock()
+    clock.mark("demo clips")
+    clock.mark("train stage1")
+    clock.mark("evaluate stage1")
+    assert clock.to_dict() == {"demo clips": 12.5, "train stage1": 17.5, "evaluate stage1": 1.0}
+    assert clock.total == 31.0
+    rows = [line.split() for line in clock.table().splitlines()]
+    assert rows[2] == ["demo", "clips", "12.5", "40%"] and rows[-1] == ["total", "31.0", "100%"]
+
+
+def test_next_steps_are_commands_the_cli_accepts(tmp_path):
+    run = tmp_path / "my run"
+    commands = [line.strip() for line in next_steps(run).splitlines()
+                if line.strip().startswith("emoverse ")]
+    assert len(commands) == 5
+    parser = build_parser()
+    for command in commands:
+        args = parser.parse_args(shlex.split(command)[1:])
+        assert callable(args.func)
+    assert shlex.split(commands[0])[3] == str(run)  # quoted: the path has a space

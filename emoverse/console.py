@@ -41,18 +41,3 @@ def logger(name: str) -> logging.Logger:
         package.propagate = False
     return logging.getLogger(name)
 
-
-# Ray loggers whose warnings mean nothing on a local instance we started ourselves. Ray
-# Train's placement-group cleaner asks the state API (served by the dashboard, which a local
-# instance runs without) whether the controller lives, every second, and warns each time it
-# cannot tell; it only matters when a controller dies on a cluster that outlives it.
-QUIET_ON_LOCAL_RAY = {
-    "ray.train.v2._internal.execution.controller.placement_group_cleaner": logging.ERROR,
-}
-
-
-def quiet_ray() -> None:
-    """Ray's `worker_process_setup_hook` for the local instance `ensure_ray` starts: raises
-    the level of the loggers in `QUIET_ON_LOCAL_RAY` in every Ray worker process."""
-    for name, level in QUIET_ON_LOCAL_RAY.items():
-        logging.getLogger(name).setLevel(level)

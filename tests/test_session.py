@@ -1,10 +1,10 @@
-"""The console: Ray's worker processes of a local instance keep Ray's known noise down."""
+"""The console: the worker processes of a local Ray instance keep Ray's known noise down."""
 
 import logging
 
 import pytest
 
-from emoverse.console import QUIET_ON_LOCAL_RAY
+from emoverse.distributed.session import QUIET_ON_LOCAL_RAY
 
 
 @pytest.mark.integration
@@ -19,7 +19,14 @@ def test_local_ray_workers_run_the_quiet_hook(monkeypatch):
 
     @ray.remote(num_cpus=0)
     def levels() -> dict:
-        return {name: logging.getLogger(name).level for name in QUIET_ON_LOCAL_RAY}
+        import os
+
+        from ray.train.v2._internal.execution import context
+
+        root = os.path.dirname(ray.__file__)
+        assert context.logger.name == f"{root}/train/v2/_internal/execution/context.py"
+        return {name: logging.getLogger(name.format(ray=root)).level
+                for name in QUIET_ON_LOCAL_RAY}
 
     ensure_ray(num_cpus=1)
     try:

@@ -40,4 +40,3 @@ def logger(name: str) -> logging.Logger:
         package.setLevel(logging.INFO)
         package.propagate = False
     return logging.getLogger(name)
-

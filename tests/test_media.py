@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 
 from emoverse.emt.demo_clips import write_mp4
-from emoverse.media.clips import MediaError, decode_frames, process_clip, sample_indices
+from emoverse.media.clips import (MediaError, crop_square, decode_frames, process_clip,
+                                  sample_indices)
 from emoverse.media.faces import (PerFrame, choose_face, detect_many_scaled, detect_scaled,
                                   detector_for, make_detector, smooth_boxes)
 from emoverse.recipe import MediaConfig
-
 
 
 def carphone() -> str:
@@ -74,6 +74,19 @@ def test_choose_face_prefers_large_central_faces():
     boxes = np.array([[0, 0, 30, 30, 1], [40, 40, 20, 20, 1], [35, 35, 30, 30, 1]], np.float32)
     assert choose_face(boxes, (100, 100)).tolist() == [35, 35, 30, 30]
     assert choose_face(np.zeros((0, 5)), (100, 100)) is None
+
+
+@pytest.mark.parametrize("centre", [(240, 180), (5, 350), (470, 10), (-150, 200), (900, 700)])
+def test_crop_square_pads_with_edge_pixels_wherever_the_square_lies(centre):
+    import cv2
+
+    frame = np.random.default_rng(0).integers(0, 255, (360, 480, 3), np.uint8)
+    box = np.array([centre[0] - 60, centre[1] - 75, 120, 150], np.float32)
+    side = 180  # the box's longer side, grown by the margin of 0.2
+    x0, y0 = int(round(centre[0] - side / 2)), int(round(centre[1] - side / 2))
+    # OpenCV's own sub-pixel crop replicates the edge outside the frame, as a padded copy would
+    expected = cv2.getRectSubPix(frame, (side, side), (x0 + (side - 1) / 2, y0 + (side - 1) / 2))
+    assert np.array_equal(crop_square(frame, box, 0.2, side), expected)
 
 
 def test_smoothing_fills_gaps_and_reports_no_face():

@@ -138,7 +138,10 @@ def detect_many_scaled(detector: FaceDetector, frames: np.ndarray, side: int
     if scale >= 1.0:
         return detector.detect_many(frames)
     size = (max(1, round(w * scale)), max(1, round(h * scale)))
-    small = np.stack([cv2.resize(f, size, interpolation=cv2.INTER_AREA) for f in frames])
+    # Bilinear down to half size: the copy only feeds the detector, and area averaging at a
+    # ratio like 360 -> 192 cost six times as much (14 ms of a clip's 8 frames).
+    interp = cv2.INTER_LINEAR if scale >= 0.5 else cv2.INTER_AREA
+    small = np.stack([cv2.resize(f, size, interpolation=interp) for f in frames])
     result = []
     for boxes in detector.detect_many(small):
         boxes = boxes.copy()

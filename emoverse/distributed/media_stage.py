@@ -104,7 +104,7 @@ def run_media_stage(manifest: str | Path, media: MediaConfig, cache_root: str | 
     ds = ray.data.from_arrow([table.slice(i, ROWS_PER_BLOCK)
                               for i in range(0, max(1, table.num_rows), ROWS_PER_BLOCK)])
     # One actor per CPU from the start (an autoscaling pool stayed at one actor here),
-    # each reserving half a CPU so the read and write tasks can still be scheduled.
+    # each reserving half a CPU so the write tasks can still be scheduled.
     # Actors that die are restarted and their batches retried: Ray Data's own defaults
     # for actor pools (max_restarts=-1, max_task_retries=-1), tested in test_media_stage.
     ds = ds.map_batches(processor, fn_constructor_kwargs={"media": media.model_dump()},

@@ -131,11 +131,11 @@ def crop_square(frame: np.ndarray, box: np.ndarray, margin: float, size: int) ->
     cx, cy = x + w / 2, y + h / 2
     x0, y0 = int(round(cx - side / 2)), int(round(cy - side / 2))
     s = max(1, int(round(side)))
-    h, w = frame.shape[:2]
+    frame_h, frame_w = frame.shape[:2]
     # Pad the part of the square inside the frame, not the whole frame (a copy of the
     # frame grown by the square's side on each edge cost more than the crop itself).
-    ix0, iy0 = min(max(x0, 0), w - 1), min(max(y0, 0), h - 1)
-    ix1, iy1 = max(min(x0 + s, w), ix0 + 1), max(min(y0 + s, h), iy0 + 1)
+    ix0, iy0 = min(max(x0, 0), frame_w - 1), min(max(y0, 0), frame_h - 1)
+    ix1, iy1 = max(min(x0 + s, frame_w), ix0 + 1), max(min(y0 + s, frame_h), iy0 + 1)
     crop = cv2.copyMakeBorder(frame[iy0:iy1, ix0:ix1], max(0, iy0 - y0), max(0, y0 + s - iy1),
                               max(0, ix0 - x0), max(0, x0 + s - ix1), cv2.BORDER_REPLICATE)
     crop = crop[:s, :s]  # a square wholly off the frame pads beyond it, all edge pixels

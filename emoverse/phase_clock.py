@@ -33,3 +33,19 @@ class PhaseClock:
 
     def to_dict(self) -> dict[str, float]:
         return {name: round(seconds, 2) for name, seconds in self.phases}
+
+
+class Countdown:
+    """Time left in a long phase of `total` units, from its rate since `done` (a resumed
+    stage starts part way, and its earlier units took no time in this process)."""
+
+    def __init__(self, total: int, done: int = 0):
+        self.total, self._done0, self._t0 = total, done, time.perf_counter()
+
+    def left(self, done: int) -> str:
+        """`1m05s left`, or `?` before the first unit is done."""
+        if done <= self._done0:
+            return "? left"
+        rate = (time.perf_counter() - self._t0) / (done - self._done0)
+        minutes, seconds = divmod(round(rate * max(0, self.total - done)), 60)
+        return f"{minutes}m{seconds:02d}s left" if minutes else f"{seconds}s left"

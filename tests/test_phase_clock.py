@@ -4,7 +4,7 @@ import shlex
 
 from emoverse.cli import build_parser
 from emoverse.drivers.quickstart import next_steps
-from emoverse.phase_clock import PhaseClock
+from emoverse.phase_clock import Countdown, PhaseClock
 
 
 def test_phases_follow_one_another_and_add_up_to_the_total(monkeypatch):
@@ -18,6 +18,15 @@ def test_phases_follow_one_another_and_add_up_to_the_total(monkeypatch):
     assert clock.total == 31.0
     rows = [line.split() for line in clock.table().splitlines()]
     assert rows[2] == ["demo", "clips", "12.5", "40%"] and rows[-1] == ["total", "31.0", "100%"]
+
+
+def test_countdown_estimates_from_the_rate_since_it_started(monkeypatch):
+    ticks = iter([0.0, 10.0, 50.0])
+    monkeypatch.setattr("emoverse.phase_clock.time.perf_counter", lambda: next(ticks))
+    resumed = Countdown(total=1500, done=500)  # a resumed stage: 500 steps took no time here
+    assert resumed.left(500) == "? left"
+    assert resumed.left(600) == "1m30s left"  # 10 s for 100 steps, 900 to go
+    assert resumed.left(1500) == "0s left"
 
 
 def test_next_steps_are_commands_the_cli_accepts(tmp_path):

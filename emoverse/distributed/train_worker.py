@@ -19,6 +19,18 @@ def worker_loop(config: dict) -> None:
     train(job, RayTrainSession(job))
 
 
+def numpy_collate(collate):
+    """The stage's (Ray-free) collate as the callable class Ray Data asks for: a plain
+    function still works but is deprecated, with a warning on every worker and epoch."""
+    from ray.data.collate_fn import NumpyBatchCollateFn
+
+    class Collate(NumpyBatchCollateFn):
+        def __call__(self, batch):
+            return collate(batch)
+
+    return Collate()
+
+
 class RayTrainSession:
     """A stage's session on a Ray Train worker."""
 
@@ -34,7 +46,8 @@ class RayTrainSession:
 
     def epoch_batches(self, epoch: int, batch_size: int, collate):
         return self._shard.iter_torch_batches(
-            batch_size=batch_size, collate_fn=collate, drop_last=True, prefetch_batches=4,
+            batch_size=batch_size, collate_fn=numpy_collate(collate), drop_last=True,
+            prefetch_batches=4,
             local_shuffle_buffer_size=self._job.shuffle_buffer,
             local_shuffle_seed=self._job.stage.seed * 1000 + epoch)
 

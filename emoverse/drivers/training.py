@@ -23,7 +23,7 @@ from emoverse.emt.manifest import read_manifest
 from emoverse.evaluation.scoring import table
 from emoverse.media.cache import read_stats
 from emoverse.model.checkpoint import read_lineage
-from emoverse.phase_clock import PhaseClock
+from emoverse.phase_clock import Countdown, PhaseClock
 from emoverse.recipe import Recipe
 from emoverse.recipe_paths import resolve_paths
 from emoverse.rundir import RunDir
@@ -108,12 +108,13 @@ def _previous_results(run: RunDir) -> dict:
 
 
 def _demo_progress():
-    last = [0.0]
+    last, countdown = [0.0], []
 
     def progress(done: int, total: int) -> None:
+        countdown[:] = countdown or [Countdown(total)]
         if time.time() - last[0] > 5 or done == total:
             last[0] = time.time()
-            log.info("  demo clips %d/%d", done, total)
+            log.info("  demo clips %d/%d, %s", done, total, countdown[0].left(done))
 
     return progress
 

@@ -28,6 +28,7 @@ from emoverse.model.checkpoint import (apply_trainable, attention_implementation
                                        finish_checkpoint, load_model, load_processor,
                                        trainable_summary, weights_dir)
 from emoverse.model.inputs import Collator, fit_processor
+from emoverse.phase_clock import Countdown
 from emoverse.recipe import StageConfig
 from emoverse.train.engine import make_engine
 from emoverse.train.loop import LoopState, train_epochs
@@ -131,12 +132,15 @@ def train(job: StageJob, session: Session) -> LoopState:
                 "samples_per_second": state.samples_per_second * session.world_size,
                 "data_wait_fraction": state.data_wait_fraction}
 
+    countdown = Countdown(job.total_steps, state.step)
+
     def on_log(state: LoopState, metrics: dict) -> None:
         report = progress(state, metrics)
         if main:
-            log.info("[%s] step %d/%d loss %.4f lr %.2e %.0f samples/s data wait %.0f%%",
+            log.info("[%s] step %d/%d loss %.4f lr %.2e %.0f samples/s data wait %.0f%%, %s",
                      stage.name, state.step, job.total_steps, metrics["loss"], metrics["lr"],
-                     report["samples_per_second"], 100 * state.data_wait_fraction)
+                     report["samples_per_second"], 100 * state.data_wait_fraction,
+                     countdown.left(state.step))
         session.report(report)  # every process reports at the same steps
 
     def on_checkpoint(state: LoopState, metrics: dict, final: bool) -> None:

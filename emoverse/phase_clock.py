@@ -36,16 +36,16 @@ class PhaseClock:
 
 
 class Countdown:
-    """Time left in a long phase of `total` units, from its rate since `done` (a resumed
-    stage starts part way, and its earlier units took no time in this process)."""
+    """Time left in a long phase, from its rate since `done` units (a resumed stage starts
+    part way, and its earlier units took no time in this process)."""
 
-    def __init__(self, total: int, done: int = 0):
-        self.total, self._done0, self._t0 = total, done, time.perf_counter()
+    def __init__(self, done: int = 0):
+        self._done0, self._t0 = done, time.perf_counter()
 
-    def left(self, done: int) -> str:
+    def left(self, done: int, total: int) -> str:
         """`1m05s left`, or `?` before the first unit is done."""
         if done <= self._done0:
             return "? left"
         rate = (time.perf_counter() - self._t0) / (done - self._done0)
-        minutes, seconds = divmod(round(rate * max(0, self.total - done)), 60)
+        minutes, seconds = divmod(round(rate * max(0, total - done)), 60)
         return f"{minutes}m{seconds:02d}s left" if minutes else f"{seconds}s left"

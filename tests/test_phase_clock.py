@@ -23,10 +23,10 @@ def test_phases_follow_one_another_and_add_up_to_the_total(monkeypatch):
 def test_countdown_estimates_from_the_rate_since_it_started(monkeypatch):
     ticks = iter([0.0, 10.0, 50.0])
     monkeypatch.setattr("emoverse.phase_clock.time.perf_counter", lambda: next(ticks))
-    resumed = Countdown(total=1500, done=500)  # a resumed stage: 500 steps took no time here
-    assert resumed.left(500) == "? left"
-    assert resumed.left(600) == "1m30s left"  # 10 s for 100 steps, 900 to go
-    assert resumed.left(1500) == "0s left"
+    resumed = Countdown(done=500)  # a resumed stage: 500 steps took no time here
+    assert resumed.left(500, 1500) == "? left"
+    assert resumed.left(600, 1500) == "1m30s left"  # 10 s for 100 steps, 900 to go
+    assert resumed.left(1500, 1500) == "0s left"
 
 
 def test_next_steps_are_commands_the_cli_accepts(tmp_path):

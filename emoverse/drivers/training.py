@@ -48,7 +48,7 @@ def train_recipe(recipe: Recipe, run_dir: str | Path, stages: list[str] | None =
     log.info("run directory: %s", run.path)
     base = run.base_model(recipe)
     clock.mark("base model")
-    manifest = run.manifest(recipe, progress=_demo_progress())
+    manifest = run.manifest(recipe, progress=_DemoProgress())
     clock.mark("demo clips" if recipe.data.manifest is None else "manifest")
     # Before the recipe is recorded: a run refused here can be re-run with a fixed recipe.
     log_budgets(recipe, manifest, base)
@@ -107,16 +107,16 @@ def _previous_results(run: RunDir) -> dict:
     return {"stages": {}}
 
 
-def _demo_progress():
-    last, countdown = [0.0], []
+class _DemoProgress:
+    """Demo-clip progress every 5 s and at the end, with the time left."""
 
-    def progress(done: int, total: int) -> None:
-        countdown[:] = countdown or [Countdown(total)]
-        if time.time() - last[0] > 5 or done == total:
-            last[0] = time.time()
-            log.info("  demo clips %d/%d, %s", done, total, countdown[0].left(done))
+    def __init__(self):
+        self._last, self._countdown = 0.0, Countdown()
 
-    return progress
+    def __call__(self, done: int, total: int) -> None:
+        if time.time() - self._last > 5 or done == total:
+            self._last = time.time()
+            log.info("  demo clips %d/%d, %s", done, total, self._countdown.left(done, total))
 
 
 def results_table(results: dict) -> str:

@@ -132,7 +132,7 @@ def train(job: StageJob, session: Session) -> LoopState:
                 "samples_per_second": state.samples_per_second * session.world_size,
                 "data_wait_fraction": state.data_wait_fraction}
 
-    countdown = Countdown(job.total_steps, state.step)
+    countdown = Countdown(state.step)
 
     def on_log(state: LoopState, metrics: dict) -> None:
         report = progress(state, metrics)
@@ -140,7 +140,7 @@ def train(job: StageJob, session: Session) -> LoopState:
             log.info("[%s] step %d/%d loss %.4f lr %.2e %.0f samples/s data wait %.0f%%, %s",
                      stage.name, state.step, job.total_steps, metrics["loss"], metrics["lr"],
                      report["samples_per_second"], 100 * state.data_wait_fraction,
-                     countdown.left(state.step))
+                     countdown.left(state.step, job.total_steps))
         session.report(report)  # every process reports at the same steps
 
     def on_checkpoint(state: LoopState, metrics: dict, final: bool) -> None:

@@ -40,3 +40,26 @@ def logger(name: str) -> logging.Logger:
         package.setLevel(logging.INFO)
         package.propagate = False
     return logging.getLogger(name)
+
+
+# Single messages dropped from loggers that otherwise say things worth reading: DeepSpeed
+# (imported by transformers when it saves a model) guesses the accelerator in every process
+# and says it fell back to the CPU, also where Ray hid the GPUs from a CPU worker.
+KNOWN_NOTICES = {"DeepSpeed": ("Setting accelerator to CPU",)}
+
+
+class DropMessages(logging.Filter):
+    def __init__(self, prefixes: tuple[str, ...]):
+        super().__init__()
+        self.prefixes = prefixes
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self.prefixes)
+
+
+def drop_known_notices() -> None:
+    """Filter `KNOWN_NOTICES` out of their loggers in this process (once)."""
+    for name, prefixes in KNOWN_NOTICES.items():
+        target = logging.getLogger(name)
+        if not any(isinstance(f, DropMessages) for f in target.filters):
+            target.addFilter(DropMessages(prefixes))

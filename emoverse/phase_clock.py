@@ -49,3 +49,19 @@ class Countdown:
         rate = (time.perf_counter() - self._t0) / (done - self._done0)
         minutes, seconds = divmod(round(rate * max(0, total - done)), 60)
         return f"{minutes}m{seconds:02d}s left" if minutes else f"{seconds}s left"
+
+
+class ProgressLog:
+    """`  LABEL 120/288, 45s left` through `log`, every `every` seconds and at the end:
+    progress of a long phase (demo clips, the media stage) as a callback of (done, total)."""
+
+    def __init__(self, label: str, log, every: float = 5.0):
+        self._label, self._log, self._every = label, log, every
+        self._last, self._countdown = 0.0, Countdown()
+
+    def __call__(self, done: int, total: int) -> None:
+        now = time.time()
+        if now - self._last > self._every or done == total:
+            self._last = now
+            self._log.info("  %s %d/%d, %s", self._label, done, total,
+                           self._countdown.left(done, total))

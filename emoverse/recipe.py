@@ -175,7 +175,13 @@ class EvalConfig(Strict):
     # metrics and their `objective` to Ray (what sweeps optimise); None = no validation.
     validate_split: Literal["train", "valid", "test"] | None = None
     batch_size: PositiveInt = 32
-    max_new_tokens: PositiveInt | None = None  # None = longest target in the split + margin
+    # None = per task, its longest target in the split + margin
+    max_new_tokens: PositiveInt | None = None
+    num_actors: PositiveInt = 1  # model actors, each a model copy on one thread
+    # What a recipe run evaluates after each stage: the tasks trained so far (a stage-1
+    # model was never asked for ERI or ECPE and would decode its whole budget on each),
+    # or every task of the split.
+    stage_tasks: Literal["trained", "all"] = "trained"
 
 
 class DataConfig(Strict):
@@ -211,6 +217,12 @@ class Recipe(Strict):
             if s.name == name:
                 return s
         raise KeyError(f"recipe {self.name!r} has no stage {name!r}")
+
+    def trained_tasks(self, through: str) -> list[str]:
+        """The tasks of every mixture up to and including stage `through`."""
+        names = [s.name for s in self.stages]
+        done = self.stages[:names.index(self.stage(through).name) + 1]
+        return sorted({entry.task for s in done for entry in s.mixture})
 
     def digest(self) -> str:
         text = self.model_dump_json(exclude={"scaling": PLACEMENT_FIELDS})

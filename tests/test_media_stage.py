@@ -67,9 +67,12 @@ def test_bad_clips_are_reported_and_good_ones_all_arrive(tmp_path, demo_set, ray
 
     manifest, n_good, n_bad = bad_inputs(tmp_path, demo_set)
     cfg = MediaConfig(num_frames=4, size=32)
-    out = run_media_stage(manifest, cfg, tmp_path / "cache")
+    progress = []
+    out = run_media_stage(manifest, cfg, tmp_path / "cache",
+                          progress=lambda done, total: progress.append((done, total)))
     stats = json.loads((out / "stats.json").read_text())
     assert stats["clips"] == n_good + n_bad and stats["ok"] == n_good
+    assert progress[-1] == (stats["clips"], stats["clips"])  # the stage's own progress line
     assert stats["failed"] == n_bad
     with open(out / ERRORS) as f:
         report = {r["sample_id"]: r for r in csv.DictReader(f)}

@@ -199,3 +199,39 @@ def test_greedy_generation_returns_strings(arch_model, tmp_path):
     answers = AnswerGenerator(str(ckpt), max_new_tokens=3,
                               torch_threads=torch.get_num_threads()).generate(rows(n=1))
     assert len(answers) == 1 and isinstance(answers[0], str)
+
+
+def test_per_task_budgets_answer_each_row_as_its_task_alone_would(arch_model):
+    """A batch of mixed tasks is generated task by task, each within its own budget."""
+    from emoverse.model.generation import AnswerGenerator
+
+    path = str(arch_model[1])
+    two = rows(n=2)
+    batch = {"prompt": np.array([*two["prompt"], two["prompt"][0]], dtype=object),
+             "frames": np.concatenate([two["frames"], two["frames"][1:]]),
+             "task": np.array(["msa", "eri", "msa"], dtype=object)}
+    mixed = AnswerGenerator(path, {"msa": 2, "eri": 5}, torch.get_num_threads()).generate(batch)
+
+    def alone(indices, budget):
+        part = {k: batch[k][indices] for k in ("prompt", "frames")}
+        return AnswerGenerator(path, budget, torch.get_num_threads()).generate(part)
+
+    assert mixed[0::2] == alone([0, 2], 2) and mixed[1:2] == alone([1], 5)
+
+
+def test_answer_budgets_are_per_task_from_the_split_targets(arch_model):
+    import pandas as pd
+
+    from emoverse.model.generation import answer_budgets
+    from emoverse.model.checkpoint import load_processor
+
+    path = arch_model[1]
+    manifest = pd.DataFrame({"task": ["msa", "eri", "eri", "msa"],
+                             "split": ["test", "test", "test", "train"],
+                             "target": ["Positive.", "short", "a much longer explanation "
+                                        "of why the speaker is sad", "x " * 50]})
+    budgets = answer_budgets(manifest, path, "test")
+    tokens = load_processor(path).tokenizer
+    longest = len(tokens(manifest.target[2], add_special_tokens=False).input_ids)
+    assert budgets == {"eri": longest + 4,
+                       "msa": len(tokens("Positive.", add_special_tokens=False).input_ids) + 4}

@@ -4,7 +4,7 @@ import shlex
 
 from emoverse.cli import build_parser
 from emoverse.drivers.quickstart import next_steps
-from emoverse.phase_clock import Countdown, PhaseClock
+from emoverse.phase_clock import Countdown, PhaseClock, ProgressLog
 
 
 def test_phases_follow_one_another_and_add_up_to_the_total(monkeypatch):
@@ -27,6 +27,22 @@ def test_countdown_estimates_from_the_rate_since_it_started(monkeypatch):
     assert resumed.left(500, 1500) == "? left"
     assert resumed.left(600, 1500) == "1m30s left"  # 10 s for 100 steps, 900 to go
     assert resumed.left(1500, 1500) == "0s left"
+
+
+def test_progress_log_speaks_at_most_every_interval_and_at_the_end(monkeypatch):
+    now = iter([101.0, 102.0, 107.0, 107.5, 108.0])
+    monkeypatch.setattr("emoverse.phase_clock.time.time", lambda: next(now))
+    lines = []
+
+    class Log:
+        def info(self, fmt, *args):
+            lines.append(fmt % args)
+
+    progress = ProgressLog("media blocks", Log(), every=5.0)
+    for done in (10, 20, 30, 40, 50):
+        progress(done, 50)
+    assert [line.split(",")[0] for line in lines] == ["  media blocks 10/50", "  media blocks 30/50",
+                                                      "  media blocks 50/50"]
 
 
 def test_next_steps_are_commands_the_cli_accepts(tmp_path):

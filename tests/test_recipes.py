@@ -63,3 +63,11 @@ def test_unknown_recipe_names_the_shipped_ones():
         load_recipe("nope")
     with pytest.raises(ValueError, match="key=value"):
         load_recipe("m2se-tiny", ["stages"])
+
+
+def test_each_stage_is_evaluated_on_the_tasks_trained_so_far():
+    recipe = load_recipe("m2se-tiny")
+    first, second = (s.name for s in recipe.stages)
+    assert recipe.trained_tasks(first) == ["fer", "mer", "msa"]
+    assert recipe.trained_tasks(second) == ["ecpe", "eri", "fer", "mer", "msa"]
+    assert recipe.eval.stage_tasks == "trained"

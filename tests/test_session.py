@@ -28,8 +28,25 @@ def test_local_ray_workers_run_the_quiet_hook(monkeypatch):
         return {name: logging.getLogger(name.format(ray=root)).level
                 for name in QUIET_ON_LOCAL_RAY}
 
+    @ray.remote(num_cpus=0)
+    def console() -> dict:
+        import os
+
+        import ray.data  # noqa: F401  (Ray Data configures its loggers on import)
+
+        deepspeed = logging.getLogger("DeepSpeed")
+        record = deepspeed.makeRecord("DeepSpeed", logging.WARNING, __file__, 1,
+                                      "Setting accelerator to CPU. If you have GPU ...", (), None)
+        return {"ray_data_console": [h.level for h in logging.getLogger("ray.data").handlers
+                                     if not hasattr(h, "_filename")],
+                "deepspeed_cpu_notice": deepspeed.filter(record),
+                "hf_bars": os.environ.get("HF_HUB_DISABLE_PROGRESS_BARS")}
+
     ensure_ray(num_cpus=1)
     try:
         assert ray.get(levels.remote()) == QUIET_ON_LOCAL_RAY
+        assert ray.get(console.remote()) == {"ray_data_console": [logging.WARNING],
+                                             "deepspeed_cpu_notice": False, "hf_bars": "1"}
+        assert not ray.data.DataContext.get_current().enable_progress_bars
     finally:
         ray.shutdown()

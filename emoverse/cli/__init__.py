@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from emoverse.cli import bench, data, evaluation, models, operations, serving, sweep, training
+from emoverse.console import drop_known_notices
 
 DESCRIPTION = """\
 emoverse: M2SE multistage multitask instruction tuning for unified sentiment and
@@ -37,6 +38,7 @@ def main(argv: list[str] | None = None) -> int:
         args.overrides = [*args.overrides, *extra]
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    drop_known_notices()
     try:
         return args.func(args)
     except (FileNotFoundError, FileExistsError, ValueError, KeyError) as exc:

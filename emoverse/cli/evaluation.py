@@ -113,7 +113,8 @@ def register(sub) -> None:
     run.add_argument("--tasks", nargs="+", metavar="TASK", choices=TASK_NAMES,
                      help="only these tasks")
     run.add_argument("--out", help="report directory (default: RUN/eval/<stage>-<split>)")
-    run.add_argument("--actors", type=positive_int, default=1, help="model actors (default 1)")
+    run.add_argument("--actors", type=positive_int,
+                     help="model actors (default: eval.num_actors, 1 outside a run)")
     run.add_argument("--previous", help="an earlier report or run to draw in the bar chart")
     run.add_argument("--cache", help="media cache root (default: the run's, or beside --out)")
     run.set_defaults(func=_eval)

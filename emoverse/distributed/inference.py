@@ -1,7 +1,8 @@
 """Batch inference on Ray Data: media cache rows -> model actors -> answer texts.
 
 Every row of the chosen split is generated exactly once (map_batches over the whole
-dataset; nothing is sharded or dropped).
+dataset; nothing is sharded or dropped). Rows are sorted by task first, so a batch holds
+one task's rows and decodes only as long as that task's answers run.
 """
 
 from __future__ import annotations
@@ -12,13 +13,13 @@ from typing import Sequence
 import numpy as np
 
 from emoverse.media.cache import clip_files
-from emoverse.model.generation import AnswerGenerator
+from emoverse.model.generation import AnswerGenerator, Budget
 
 COLUMNS = ["sample_id", "task", "split", "prompt", "frames", "ok"]
 
 
 class GeneratorActor:
-    def __init__(self, model_path: str, max_new_tokens: int, torch_threads: int = 1):
+    def __init__(self, model_path: str, max_new_tokens: Budget, torch_threads: int = 1):
         self.generator = AnswerGenerator(model_path, max_new_tokens, torch_threads)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -35,14 +36,16 @@ def _in_split(batch: dict[str, np.ndarray], split: str,
     return {k: v[keep] for k, v in batch.items()}
 
 
-def predict(cache_dir: str | Path, model_path: str | Path, split: str, max_new_tokens: int,
+def predict(cache_dir: str | Path, model_path: str | Path, split: str, max_new_tokens: Budget,
             batch_size: int = 32, num_actors: int = 1, tasks: Sequence[str] | None = None):
-    """A DataFrame of (sample_id, task, prediction) for every usable clip of `split`."""
+    """A DataFrame of (sample_id, task, prediction) for every usable clip of `split`.
+    `max_new_tokens`: one budget for every row, or one per task."""
     import ray.data
 
     ds = ray.data.read_parquet(clip_files(cache_dir)).select_columns(COLUMNS)
     ds = ds.map_batches(_in_split, batch_format="numpy",
                         fn_kwargs={"split": split, "tasks": list(tasks) if tasks else None})
+    ds = ds.sort(["task", "sample_id"])
     ds = ds.map_batches(GeneratorActor, batch_size=batch_size, batch_format="numpy",
                         fn_constructor_kwargs={"model_path": str(model_path),
                                                "max_new_tokens": max_new_tokens},

@@ -4,21 +4,53 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
+import warnings
+from pathlib import Path
+
+from emoverse.console import drop_known_notices
 
 
 def ensure_ray(num_cpus: int | None = None) -> None:
     import ray
-    import ray.data
 
     if not ray.is_initialized():
         if os.environ.get("RAY_ADDRESS"):
             ray.init()
         else:
+            _quiet_local_driver()
             ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False,
-                     runtime_env={"worker_process_setup_hook": f"{__name__}.quiet_ray"})
+                     runtime_env={"worker_process_setup_hook": f"{__name__}.quiet_ray",
+                                  "env_vars": _quiet_worker_env()})
+    import ray.data
+
     # One overall progress line per dataset; per-operator bars swamp a log file.
     ctx = ray.data.DataContext.get_current()
     ctx.enable_operator_progress_bars = False
+    if not os.environ.get("RAY_ADDRESS"):
+        # Our own lines say how the phases progress (with the time left); Ray Data's log a
+        # banner every 10 s in a log file and redraw bars in worker logs.
+        ctx.enable_progress_bars = False
+
+
+def _quiet_worker_env() -> dict[str, str]:
+    """What a local instance's workers read at import: Ray Data's logging, and no
+    Hugging Face progress bars (a worker's log is no terminal: each loaded model drew one),
+    unless the user set the variables."""
+    return {RAY_DATA_LOGGING: os.environ.get(RAY_DATA_LOGGING, str(RAY_DATA_LOGGING_FILE)),
+            "HF_HUB_DISABLE_PROGRESS_BARS": os.environ.get("HF_HUB_DISABLE_PROGRESS_BARS", "1")}
+
+
+def _quiet_local_driver() -> None:
+    """The driver's part of `quiet_ray`, before Ray and Ray Data configure their loggers."""
+    os.environ.setdefault(RAY_DATA_LOGGING, str(RAY_DATA_LOGGING_FILE))
+    for name, level in QUIET_LOCAL_DRIVER.items():
+        logging.getLogger(name).setLevel(level)
+    drop_known_notices()
+    if "ray.data" in sys.modules:  # configured at import: configure it again
+        from ray.data._internal.logging import configure_logging
+
+        configure_logging()
 
 
 def cluster_resources() -> dict[str, float]:
@@ -36,17 +68,37 @@ def cluster_resources() -> dict[str, float]:
 # - Ray Train's worker context logs every `ray.train.report` call with its whole
 #   `TrainingReport(...)`; our workers log progress lines of their own. Its logger is named by
 #   the module's file path (`ray/train/v2/_internal/execution/context.py`).
+# - Ray Train's controller and workers log each step of setting up (resources requested,
+#   worker group started, process group, model moved and wrapped) and where each
+#   checkpoint went (every epoch); our own lines and the run directory say what matters.
 QUIET_ON_LOCAL_RAY = {
     "ray.train.v2._internal.execution.controller.placement_group_cleaner": logging.ERROR,
     "{ray}/train/v2/_internal/execution/context.py": logging.WARNING,
+    "ray.train.v2._internal.execution": logging.WARNING,
+    "ray.train.v2.torch.train_loop_utils": logging.WARNING,
+    "ray.train.torch.train_loop_utils": logging.WARNING,
+    "ray.train.torch.config": logging.WARNING,
 }
-
-
+# Python warnings Ray raises inside its own code, which no setting of ours can avoid: Ray
+# Train's dataset manager sets an option Ray Data has deprecated.
+QUIET_WARNINGS = (r"`ExecutionOptions.exclude_resources` is deprecated",)
+# On the driver, Ray's notice that token authentication is on: a local instance that
+# emoverse starts listens on loopback only.
+QUIET_LOCAL_DRIVER = {"ray._private.authentication.authentication_token_setup": logging.ERROR}
+# Ray Data's logging on a local instance: everything still goes to the session's
+# ray-data.log, only warnings to the console (Ray Data reads this at import, in every
+# process, from the variable Ray Data documents for it).
+RAY_DATA_LOGGING = "RAY_DATA_LOGGING_CONFIG"
+RAY_DATA_LOGGING_FILE = Path(__file__).with_name("ray_data_logging.yaml")
 def quiet_ray() -> None:
     """Ray's `worker_process_setup_hook` for the local instance `ensure_ray` starts: raises
-    the level of the loggers in `QUIET_ON_LOCAL_RAY` in every Ray worker process."""
+    the level of the loggers in `QUIET_ON_LOCAL_RAY` and drops the console's known notices
+    in every Ray worker process."""
     import ray
 
     root = os.path.dirname(ray.__file__)
     for name, level in QUIET_ON_LOCAL_RAY.items():
         logging.getLogger(name.format(ray=root)).setLevel(level)
+    for message in QUIET_WARNINGS:
+        warnings.filterwarnings("ignore", message=message)
+    drop_known_notices()

@@ -23,7 +23,7 @@ from emoverse.emt.manifest import manifest_hash, read_manifest
 from emoverse.evaluation.validation import validated_metrics
 from emoverse.media.cache import face_table, low_face_rates
 from emoverse.model.checkpoint import load_processor
-from emoverse.model.generation import answer_budget
+from emoverse.model.generation import answer_budgets
 from emoverse.recipe import Recipe, StageConfig
 from emoverse.rundir import RunDir
 from emoverse.train.budget import check_budgets
@@ -53,7 +53,7 @@ def chain_data(recipe: Recipe, base_model: str, manifest: str | Path,
     validation = None
     if recipe.eval.validate_split is not None:
         split = recipe.eval.validate_split
-        budget = recipe.eval.max_new_tokens or answer_budget(
+        budget = recipe.eval.max_new_tokens or answer_budgets(
             read_manifest(manifest).to_pandas(), base_model, split)
         validation = {"cache_dir": str(cache), "manifest": str(manifest), "split": split,
                       "max_new_tokens": budget, "batch_size": recipe.eval.batch_size}

@@ -23,7 +23,7 @@ from emoverse.emt.manifest import manifest_hash, read_manifest
 from emoverse.evaluation.report import METRICS, write_report
 from emoverse.evaluation.scoring import baselines, score
 from emoverse.model.checkpoint import LINEAGE, is_checkpoint, model_hash, read_lineage
-from emoverse.model.generation import answer_budget
+from emoverse.model.generation import answer_budgets
 from emoverse.recipe import EvalConfig, MediaConfig
 
 
@@ -36,7 +36,7 @@ class EvalRequest:
     cache_root: Path
     config: EvalConfig = EvalConfig()
     tasks: tuple[str, ...] | None = None  # None: every task the split has
-    num_actors: int = 1
+    num_actors: int | None = None  # None: the config's
     previous: Path | None = None  # an earlier evaluation to draw beside this one
 
 
@@ -53,9 +53,9 @@ def evaluate(req: EvalRequest) -> dict:
     previous = json.loads((req.previous / METRICS).read_text()) if req.previous else None
     ensure_ray()
     cache = run_media_stage(req.manifest, req.media, req.cache_root)
-    budget = req.config.max_new_tokens or answer_budget(manifest, req.model, split)
-    preds = predict(cache, req.model, split, budget, req.config.batch_size, req.num_actors,
-                    tasks=tasks)
+    budget = req.config.max_new_tokens or answer_budgets(manifest, req.model, split)
+    preds = predict(cache, req.model, split, budget, req.config.batch_size,
+                    req.num_actors or req.config.num_actors, tasks=tasks)
     preds = preds.sort_values("sample_id").reset_index(drop=True)
     ids = preds.groupby("task").sample_id.apply(list).to_dict()
     lineage = read_lineage(req.model) if is_checkpoint(req.model) else {}

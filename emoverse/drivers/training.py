@@ -9,8 +9,9 @@ interrupted stage resumes from its last checkpoint (see `emoverse.rundir`).
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
+
+import pyarrow.compute as pc
 
 from emoverse.console import logger
 from emoverse.distributed.media_stage import run_media_stage
@@ -23,7 +24,7 @@ from emoverse.emt.manifest import read_manifest
 from emoverse.evaluation.scoring import table
 from emoverse.media.cache import read_stats
 from emoverse.model.checkpoint import read_lineage
-from emoverse.phase_clock import Countdown, PhaseClock
+from emoverse.phase_clock import PhaseClock, ProgressLog
 from emoverse.recipe import Recipe
 from emoverse.recipe_paths import resolve_paths
 from emoverse.rundir import RunDir
@@ -48,7 +49,7 @@ def train_recipe(recipe: Recipe, run_dir: str | Path, stages: list[str] | None =
     log.info("run directory: %s", run.path)
     base = run.base_model(recipe)
     clock.mark("base model")
-    manifest = run.manifest(recipe, progress=_DemoProgress())
+    manifest = run.manifest(recipe, progress=ProgressLog("demo clips", log))
     clock.mark("demo clips" if recipe.data.manifest is None else "manifest")
     # Before the recipe is recorded: a run refused here can be re-run with a fixed recipe.
     log_budgets(recipe, manifest, base)
@@ -60,7 +61,8 @@ def train_recipe(recipe: Recipe, run_dir: str | Path, stages: list[str] | None =
     log.info("media stage: decoding clips and cropping faces on Ray Data")
     cache_root = Path(cache_root or run.media_cache)
     cache = run_media_stage(manifest, recipe.media, cache_root,
-                            resources=recipe.scaling.media_resources)
+                            resources=recipe.scaling.media_resources,
+                            progress=ProgressLog("media clips", log))
     stats = read_stats(cache)
     log.info("media: %d/%d clips usable, face found in %.0f%%, %d failed (see %s/stats.json)",
              stats["ok"], stats["clips"], 100 * stats["face_found_rate"], stats["failed"], cache)
@@ -71,6 +73,9 @@ def train_recipe(recipe: Recipe, run_dir: str | Path, stages: list[str] | None =
     results["media"] = {k: v for k, v in stats.items() if k != "errors"}
     previous_eval = None
     data = chain_data(recipe, base, manifest, cache)
+    rows = read_manifest(manifest)
+    split_tasks = set(rows.filter(pc.equal(rows["split"], recipe.eval.split))["task"]
+                      .to_pylist())
     for done in train_stages(recipe, data, RunStore(run), only=stages):
         name = done.stage.name
         if done.trained:
@@ -85,10 +90,19 @@ def train_recipe(recipe: Recipe, run_dir: str | Path, stages: list[str] | None =
             log.info("evaluating %s on the %s split", name, recipe.eval.split)
             _record_evaluation(run, results, name, EvalRequest(
                 model=done.checkpoint, manifest=manifest, media=recipe.media, out=report,
-                config=recipe.eval, cache_root=cache_root, previous=previous_eval))
+                config=recipe.eval, cache_root=cache_root, previous=previous_eval,
+                tasks=_evaluated_tasks(recipe, name, split_tasks)))
             clock.mark(f"evaluate {name}")
         previous_eval = report
     return results
+
+
+def _evaluated_tasks(recipe: Recipe, stage: str, split_tasks: set[str]) -> tuple[str, ...] | None:
+    """The tasks evaluated after `stage` (None: all of the split's, as `eval.stage_tasks`
+    says); tasks the split lacks are left out (a corpus may carry some tasks only)."""
+    if recipe.eval.stage_tasks == "all":
+        return None
+    return tuple(t for t in recipe.trained_tasks(stage) if t in split_tasks) or None
 
 
 def _record_evaluation(run: RunDir, results: dict, stage: str, request: EvalRequest) -> None:
@@ -105,18 +119,6 @@ def _previous_results(run: RunDir) -> dict:
     if run.metrics_file.is_file():
         return json.loads(run.metrics_file.read_text())
     return {"stages": {}}
-
-
-class _DemoProgress:
-    """Demo-clip progress every 5 s and at the end, with the time left."""
-
-    def __init__(self):
-        self._last, self._countdown = 0.0, Countdown()
-
-    def __call__(self, done: int, total: int) -> None:
-        if time.time() - self._last > 5 or done == total:
-            self._last = time.time()
-            log.info("  demo clips %d/%d, %s", done, total, self._countdown.left(done, total))
 
 
 def results_table(results: dict) -> str:

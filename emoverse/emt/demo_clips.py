@@ -132,13 +132,14 @@ def render_clip(face: FaceSource, expression: str, rng: np.random.Generator,
     px, py = (int(v) for v in rng.integers(0, FRAME - size - 4, size=2))
     drift = rng.uniform(-1.0, 1.0, size=2)
     out = np.empty((frames, FRAME, FRAME, 3), np.uint8)
+    face, behind = alpha * patch * gain, 1 - alpha  # the same in every frame
     for t in range(frames):
         frame = backdrop.copy()
         ox, oy = (int(round(v)) for v in drift * t / 2)
         x0 = int(np.clip(px + ox, 0, FRAME - size))
         y0 = int(np.clip(py + oy, 0, FRAME - size))
         region = frame[y0:y0 + size, x0:x0 + size]
-        frame[y0:y0 + size, x0:x0 + size] = alpha * patch * gain + (1 - alpha) * region
+        frame[y0:y0 + size, x0:x0 + size] = face + behind * region
         frame += rng.normal(0, 3.0, frame.shape)
         out[t] = np.clip(frame, 0, 255).astype(np.uint8)
     return out
@@ -152,7 +153,9 @@ def write_mp4(frames: np.ndarray, path: str, fps: int = FPS) -> None:
         stream = container.add_stream("libx264", rate=fps)
         stream.width, stream.height = frames.shape[2], frames.shape[1]
         stream.pix_fmt = "yuv420p"
-        stream.options = {"crf": "16", "preset": "veryfast", "g": str(fps)}
+        # One thread: clips are encoded a process per core already, and x264's own threads
+        # on 8 small frames cost more than they save (18 -> 12 ms a clip).
+        stream.options = {"crf": "16", "preset": "veryfast", "g": str(fps), "threads": "1"}
         for frame in frames:
             container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
         container.mux(stream.encode())

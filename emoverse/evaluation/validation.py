@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 
 from emoverse.emt.manifest import read_manifest
-from emoverse.model.generation import AnswerGenerator
+from emoverse.model.generation import AnswerGenerator, Budget
 from emoverse.evaluation.scoring import score
 from emoverse.media.cache import read_split
 
@@ -35,17 +35,20 @@ def validated_metrics(reported: dict) -> dict:
 
 
 def validate(model_dir: str | Path, cache_dir: str | Path, manifest: str | Path, split: str,
-             max_new_tokens: int, batch_size: int = 32, torch_threads: int = 1) -> dict:
-    """Answer every usable clip of `split` and score it; returns flat metrics + objective."""
+             max_new_tokens: Budget, batch_size: int = 32, torch_threads: int = 1) -> dict:
+    """Answer every usable clip of `split` and score it; returns flat metrics + objective.
+    `max_new_tokens`: one budget, or one per task (rows are batched task by task)."""
     rows = read_split(cache_dir, split, ["sample_id", "task", "prompt"])
     if rows.empty:
         raise ValueError(f"the media cache {cache_dir} has no usable {split!r} clips")
+    rows = rows.sort_values(["task", "sample_id"], kind="stable").reset_index(drop=True)
     generator = AnswerGenerator(str(model_dir), max_new_tokens, torch_threads)
     texts: list[str] = []
     for start in range(0, len(rows), batch_size):
         chunk = rows.iloc[start:start + batch_size]
         texts += generator.generate({"prompt": chunk.prompt.tolist(),
-                                     "frames": chunk.frames.tolist()})
+                                     "frames": chunk.frames.tolist(),
+                                     "task": chunk.task.tolist()})
     preds = pd.DataFrame({"sample_id": rows.sample_id.values, "task": rows.task.values,
                           "prediction": texts})
     tasks = score(read_manifest(manifest).to_pandas(), preds)

@@ -4,7 +4,7 @@ it needs. No Ray: evaluation, validation and serving all generate through here."
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Mapping, Sequence, Union
 
 import pandas as pd
 
@@ -21,10 +21,17 @@ def greedy_new_tokens(model, enc: Mapping, max_new_tokens: int):
     return out[:, enc["input_ids"].shape[1]:]
 
 
-class AnswerGenerator:
-    """Loads a model (adapters merged) once; turns batches of rows into answer texts."""
+Budget = Union[int, Mapping[str, int]]  # new tokens: one for every row, or per task
 
-    def __init__(self, model_path: str, max_new_tokens: int = 32, torch_threads: int = 1):
+
+class AnswerGenerator:
+    """Loads a model (adapters merged) once; turns batches of rows into answer texts.
+
+    With a budget per task, a batch is generated task by task, each within its own budget:
+    a batch runs until its longest answer ends, so one ERI explanation in a batch of
+    one-word MSA answers would otherwise make every row decode for as long as it does."""
+
+    def __init__(self, model_path: str, max_new_tokens: Budget = 32, torch_threads: int = 1):
         import torch
 
         torch.set_num_threads(torch_threads)
@@ -34,12 +41,27 @@ class AnswerGenerator:
         self.max_new_tokens = max_new_tokens
 
     def generate(self, batch: Mapping[str, Sequence]) -> list[str]:
-        new = greedy_new_tokens(self.model, self.collate(batch), self.max_new_tokens)
+        """Answers to `batch`'s rows (`prompt`, `frames`; `task` with per-task budgets)."""
+        if isinstance(self.max_new_tokens, int):
+            return self._answer(batch, self.max_new_tokens)
+        texts: list[str] = [""] * len(batch["prompt"])
+        tasks = list(batch["task"])
+        for task in dict.fromkeys(tasks):
+            rows = [i for i, t in enumerate(tasks) if t == task]
+            part = {key: [batch[key][i] for i in rows] for key in ("prompt", "frames")}
+            for i, text in zip(rows, self._answer(part, self.max_new_tokens[task])):
+                texts[i] = text
+        return texts
+
+    def _answer(self, batch: Mapping[str, Sequence], budget: int) -> list[str]:
+        new = greedy_new_tokens(self.model, self.collate(batch), budget)
         return [t.strip() for t in self.processor.batch_decode(new, skip_special_tokens=True)]
 
 
-def answer_budget(manifest: pd.DataFrame, model_path: str | Path, split: str) -> int:
-    """Enough new tokens for the longest target of the split, plus a margin."""
+def answer_budgets(manifest: pd.DataFrame, model_path: str | Path, split: str) -> dict[str, int]:
+    """Per task of the split: enough new tokens for its longest target, plus a margin."""
     tokenizer = load_processor(model_path).tokenizer
-    targets = manifest[manifest.split == split].target.tolist()
-    return max(len(tokenizer(t, add_special_tokens=False).input_ids) for t in targets) + 4
+    rows = manifest[manifest.split == split]
+    return {task: max(len(ids) for ids in tokenizer(group.target.tolist(),
+                                                    add_special_tokens=False).input_ids) + 4
+            for task, group in rows.groupby("task")}

@@ -52,7 +52,8 @@ class Collator:
         import torch
 
         prompts = [self._chat(messages(str(p)), True) for p in batch["prompt"]]
-        videos = [np.asarray(f) for f in batch["frames"]]
+        # writable: frames straight from Arrow are read-only views, which torch warns about
+        videos = [np.require(f, requirements="W") for f in batch["frames"]]
         tokenizer = self.processor.tokenizer
         if not self.train:
             return dict(self.processor(text=prompts, videos=videos, padding=True,

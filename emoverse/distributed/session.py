@@ -53,6 +53,14 @@ def _quiet_local_driver() -> None:
         configure_logging()
 
 
+def train_log_level() -> str:
+    """Ray Train's console level (`RunConfig(logging_config=...)`): on a local instance,
+    warnings only; its info lines (resources requested, worker group started, process
+    group, model moved and wrapped, each checkpoint's path) still reach its log files. Ray
+    Train configures its loggers itself in every process, so only this setting holds."""
+    return "INFO" if os.environ.get("RAY_ADDRESS") else "WARNING"
+
+
 def cluster_resources() -> dict[str, float]:
     """The connected cluster's resource totals (CPU, GPU, custom), as Ray counts them."""
     import ray
@@ -68,16 +76,9 @@ def cluster_resources() -> dict[str, float]:
 # - Ray Train's worker context logs every `ray.train.report` call with its whole
 #   `TrainingReport(...)`; our workers log progress lines of their own. Its logger is named by
 #   the module's file path (`ray/train/v2/_internal/execution/context.py`).
-# - Ray Train's controller and workers log each step of setting up (resources requested,
-#   worker group started, process group, model moved and wrapped) and where each
-#   checkpoint went (every epoch); our own lines and the run directory say what matters.
 QUIET_ON_LOCAL_RAY = {
     "ray.train.v2._internal.execution.controller.placement_group_cleaner": logging.ERROR,
     "{ray}/train/v2/_internal/execution/context.py": logging.WARNING,
-    "ray.train.v2._internal.execution": logging.WARNING,
-    "ray.train.v2.torch.train_loop_utils": logging.WARNING,
-    "ray.train.torch.train_loop_utils": logging.WARNING,
-    "ray.train.torch.config": logging.WARNING,
 }
 # Python warnings Ray raises inside its own code, which no setting of ours can avoid: Ray
 # Train's dataset manager sets an option Ray Data has deprecated.

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from emoverse.distributed.session import train_log_level
 from emoverse.distributed.train_worker import worker_loop
 from emoverse.media.cache import clip_files
 from emoverse.emt.mixture import realise
@@ -104,8 +105,8 @@ def fit_stage(stage: StageConfig, cache_dir: str | Path, init_from: str | Path,
     fitted to take as it is. Returns (checkpoint directory, final reported metrics).
     """
     import ray.data
-    from ray.train import (CheckpointConfig, FailureConfig, RunConfig, ValidationConfig,
-                           ValidationTaskConfig)
+    from ray.train import (CheckpointConfig, FailureConfig, LoggingConfig, RunConfig,
+                           ValidationConfig, ValidationTaskConfig)
     from ray.train.torch import TorchTrainer
     from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
@@ -148,7 +149,8 @@ def fit_stage(stage: StageConfig, cache_dir: str | Path, init_from: str | Path,
         ) if validation else None,
         run_config=RunConfig(name=stage.name, storage_path=str(storage),
                              checkpoint_config=CheckpointConfig(num_to_keep=2),
-                             failure_config=FailureConfig(max_failures=scaling.max_failures)),
+                             failure_config=FailureConfig(max_failures=scaling.max_failures),
+                             logging_config=LoggingConfig(log_level=train_log_level())),
     )
     result = trainer.fit()
     if result.checkpoint is None or not (Path(result.checkpoint.path) / "lineage.json").is_file():

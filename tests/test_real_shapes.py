@@ -67,7 +67,8 @@ def test_paper_recipe_at_real_width_trains_evaluates_exports_and_serves(tmp_path
                        f"language_model.layers.0.mlp.{module}.lora_A" in n for n in names), module
         assert any("multi_modal_projector.linear_1" in n for n in names)  # trained in full
         assert not any("vision_tower" in n for n in names)  # frozen
-        assert set(results["stages"][stage]["metrics"]) == {"msa", "mer", "fer", "eri", "ecpe"}
+        # evaluated on the tasks trained so far (the demo split has all five)
+        assert set(results["stages"][stage]["metrics"]) == set(recipe.trained_tasks(stage))
     # ZeRO-2 partitioned the optimiser state across both workers
     assert len(list((run / "ray").rglob("*zero_pp_rank_1*optim_states.pt"))) > 0
 

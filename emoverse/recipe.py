@@ -182,6 +182,11 @@ class EvalConfig(Strict):
     # model was never asked for ERI or ECPE and would decode its whole budget on each),
     # or every task of the split.
     stage_tasks: Literal["trained", "all"] = "trained"
+    # Answer a recipe run's evaluation in each stage's own Ray Train workers, right after
+    # the final checkpoint, with the model they hold (each worker a share of the rows):
+    # no model actors to start and load. DDP stages only; DeepSpeed stages, and
+    # `emoverse eval run`, answer on model actors (`num_actors`).
+    in_train_workers: bool = True
 
 
 class DataConfig(Strict):

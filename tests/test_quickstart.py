@@ -78,6 +78,29 @@ def test_every_evaluation_sample_is_scored_once(run: Path):
     assert sorted(preds.sample_id) == sorted(expected)
 
 
+def test_stage_workers_answer_as_model_actors_do_on_the_saved_checkpoint(run: Path, tmp_path):
+    """The run's evaluations were answered by each stage's Ray Train workers with the model
+    they trained; `emoverse eval run` answers on model actors from the saved checkpoint."""
+    import pandas as pd
+
+    from emoverse.cli import main
+
+    for name in ("stage1-multitask-pretraining", "stage2-reason-finetuning"):
+        ours = run / "eval" / f"{name}-test"
+        mine = json.loads((ours / "metrics.json").read_text())
+        assert mine["answered_by"] == "stage workers"
+        out = tmp_path / name
+        assert main(["eval", "run", "--model", str(run / "checkpoints" / name), "--out", str(out),
+                     "--tasks", *mine["tasks"]]) == 0
+        theirs = json.loads((out / "metrics.json").read_text())
+        assert theirs["answered_by"] == "model actors"
+        assert theirs["tasks"] == mine["tasks"]
+        assert theirs["max_new_tokens"] == mine["max_new_tokens"]
+        pd.testing.assert_frame_equal(pd.read_parquet(ours / "predictions.parquet"),
+                                      pd.read_parquet(out / "predictions.parquet"),
+                                      check_dtype=False)  # pandas' two string NA flavours
+
+
 def test_rerun_skips_finished_stages_and_a_changed_recipe_is_refused(run: Path, capsys):
     from emoverse.drivers.training import train_recipe
     from emoverse.recipe import load_recipe

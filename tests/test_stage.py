@@ -1,14 +1,20 @@
 """A whole M2SE stage without Ray: `train` on a LocalSession over rows in memory, its
-checkpoint and lineage, a LoRA stage on top, and a resumed stage that ends exactly where an
-uninterrupted one does."""
+checkpoint and lineage, a LoRA stage on top, a resumed stage that ends exactly where an
+uninterrupted one does, and a stage that answers evaluation rows with the model it saved."""
+
+import warnings
+from dataclasses import replace
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
 from emoverse.model.checkpoint import is_checkpoint, load_model, read_lineage
-from emoverse.recipe import MixtureEntry, StageConfig, TrainableConfig
-from emoverse.train.stage import LocalSession, StageJob, train
+from emoverse.model.generation import AnswerGenerator, answer_rows
+from emoverse.recipe import MixtureEntry, StageConfig, StrategyConfig, TrainableConfig
+from emoverse.train.stage import (LocalSession, PredictJob, StageJob, read_predictions,
+                                  share_of, train)
 
 WORDS = ["Positive.", "Negative."]
 
@@ -89,3 +95,81 @@ def test_a_resumed_stage_ends_where_an_uninterrupted_one_does(tiny_model, tmp_pa
     b = load_model(resumed.latest_checkpoint()).state_dict()
     for name in a:
         torch.testing.assert_close(a[name], b[name], rtol=0, atol=1e-6, msg=name)
+
+
+def eval_rows(count: int = 10) -> pd.DataFrame:
+    data = rows(count)
+    return pd.DataFrame({"sample_id": [f"e{i:02d}" for i in range(count)],
+                         "task": ["msa" if i % 3 else "mer" for i in range(count)],
+                         "prompt": [r["prompt"] for r in data],
+                         "frames": [r["frames"] for r in data]})
+
+
+def test_a_stage_answers_its_evaluation_rows_as_its_saved_checkpoint_would(tiny_model,
+                                                                           tmp_path):
+    """Full and LoRA stages: the answers written with the final checkpoint are the ones a
+    model loaded from that checkpoint gives (adapters merged the same way)."""
+    evals = eval_rows()
+    predict = PredictJob(max_new_tokens={"msa": 3, "mer": 6}, batch_size=4)
+    first = LocalSession(rows(), tmp_path / "s1", eval_rows=evals)
+    train(replace(job(tiny_model), predict=predict), first)  # long enough to say words
+    second = LocalSession(rows(8), tmp_path / "s2", eval_rows=evals)
+    # the tiny model ties lm_head to the embeddings; the adapter trains its own lm_head
+    lora = TrainableConfig(mode="lora", lora={"r": 4, "alpha": 8, "modules_to_save": ["lm_head"]})
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        train(replace(job(first.latest_checkpoint(), name="s2", epochs=1, trainable=lora),
+                      predict=predict), second)
+    assert not [w for w in caught if "tie" in str(w.message) or "checkpointing" in str(w.message)]
+    for session in (first, second):
+        final = session.latest_checkpoint()
+        answers = read_predictions(final).sort_values("sample_id", ignore_index=True)
+        loaded = AnswerGenerator(str(final), predict.max_new_tokens)
+        expected = answer_rows(loaded, evals, 4).sort_values("sample_id", ignore_index=True)
+        pd.testing.assert_frame_equal(answers, expected)
+        assert answers.prediction.str.len().min() > 0
+    assert read_predictions(tmp_path) is None  # no answers there
+
+
+def test_each_row_is_one_process_share_whatever_the_order():
+    evals = eval_rows(50)
+    for world in (1, 2, 3):
+        shares = [share_of(evals.sample(frac=1, random_state=r), r, world) for r in range(world)]
+        ids = sorted(i for share in shares for i in share.sample_id)
+        assert ids == sorted(evals.sample_id)
+    assert all(len(share_of(evals, r, 2)) > 10 for r in (0, 1))
+
+
+def test_a_predict_job_travels_in_the_config_and_needs_ddp(tiny_model):
+    predict = PredictJob(max_new_tokens={"msa": 3}, batch_size=8)
+    config = replace(job(tiny_model), predict=predict).to_config()
+    assert StageJob.from_config(config).predict == predict
+    assert StageJob.from_config(job(tiny_model).to_config()).predict is None
+    with pytest.raises(ValueError, match="strategy.kind=ddp"):
+        replace(job(tiny_model, strategy=StrategyConfig(kind="deepspeed")), predict=predict)
+
+
+def test_an_evaluation_takes_a_stage_answers_only_if_each_clip_has_exactly_one(tmp_path):
+    from emoverse.drivers.evaluation import stage_answers
+    from emoverse.media.cache import clip_files
+    from emoverse.train.stage import PREDICTIONS
+
+    clips = pd.DataFrame({"sample_id": ["a", "b", "c", "d", "e"],
+                          "task": ["msa", "msa", "mer", "msa", "eri"],
+                          "split": ["test", "test", "test", "train", "test"],
+                          "ok": [True, True, True, True, True]})
+    (tmp_path / "cache" / "clips").mkdir(parents=True)
+    clips.to_parquet(f"{clip_files(tmp_path / 'cache')}/0.parquet")
+    answers = tmp_path / "checkpoint" / PREDICTIONS
+    answers.mkdir(parents=True)
+    share = pd.DataFrame({"sample_id": ["a", "c"], "task": ["msa", "mer"],
+                          "prediction": ["Positive.", "joy"]})
+    share.to_parquet(answers / "rank-00000.parquet")
+    with pytest.raises(ValueError, match="do not cover the 'test' clips of mer, msa exactly"):
+        stage_answers(answers.parent, tmp_path / "cache", "test", ("mer", "msa"))
+    share.iloc[:1].assign(sample_id="b").to_parquet(answers / "rank-00001.parquet")
+    got = stage_answers(answers.parent, tmp_path / "cache", "test", ("mer", "msa"))
+    assert sorted(got.sample_id) == ["a", "b", "c"]
+    share.iloc[:1].to_parquet(answers / "rank-00002.parquet")  # "a" twice
+    with pytest.raises(ValueError, match="4 answers, 3 distinct"):
+        stage_answers(answers.parent, tmp_path / "cache", "test", ("mer", "msa"))

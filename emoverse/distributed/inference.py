@@ -36,16 +36,22 @@ def _in_split(batch: dict[str, np.ndarray], split: str,
     return {k: v[keep] for k, v in batch.items()}
 
 
+def split_rows(cache_dir: str | Path, split: str, tasks: Sequence[str] | None = None):
+    """A Ray Dataset of the usable clips of `split` (of `tasks` only, when given)."""
+    import ray.data
+
+    ds = ray.data.read_parquet(clip_files(cache_dir)).select_columns(COLUMNS)
+    return ds.map_batches(_in_split, batch_format="numpy",
+                          fn_kwargs={"split": split, "tasks": list(tasks) if tasks else None})
+
+
 def predict(cache_dir: str | Path, model_path: str | Path, split: str, max_new_tokens: Budget,
             batch_size: int = 32, num_actors: int = 1, tasks: Sequence[str] | None = None):
     """A DataFrame of (sample_id, task, prediction) for every usable clip of `split`.
     `max_new_tokens`: one budget for every row, or one per task."""
     import ray.data
 
-    ds = ray.data.read_parquet(clip_files(cache_dir)).select_columns(COLUMNS)
-    ds = ds.map_batches(_in_split, batch_format="numpy",
-                        fn_kwargs={"split": split, "tasks": list(tasks) if tasks else None})
-    ds = ds.sort(["task", "sample_id"])
+    ds = split_rows(cache_dir, split, tasks).sort(["task", "sample_id"])
     ds = ds.map_batches(GeneratorActor, batch_size=batch_size, batch_format="numpy",
                         fn_constructor_kwargs={"model_path": str(model_path),
                                                "max_new_tokens": max_new_tokens},

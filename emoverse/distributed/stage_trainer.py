@@ -15,12 +15,13 @@ from pathlib import Path
 
 import numpy as np
 
+from emoverse.distributed.inference import split_rows
 from emoverse.distributed.session import train_log_level
-from emoverse.distributed.train_worker import worker_loop
+from emoverse.distributed.train_worker import EVAL_DATASET, worker_loop
 from emoverse.media.cache import clip_files
 from emoverse.emt.mixture import realise
 from emoverse.recipe import ScalingConfig, StageConfig
-from emoverse.train.stage import StageJob
+from emoverse.train.stage import PredictJob, StageJob
 
 ROW_COLUMNS = ["sample_id", "prompt", "target", "frames"]
 SHUFFLE_BATCHES = 8  # each worker mixes rows across this many global batches' worth
@@ -93,7 +94,7 @@ def validate_checkpoint(checkpoint, **kwargs) -> dict:
 def fit_stage(stage: StageConfig, cache_dir: str | Path, init_from: str | Path,
               storage: str | Path, scaling: ScalingConfig, lineage: dict,
               materialize: bool | None = None, validation: dict | None = None,
-              frame_size: int | None = None):
+              frame_size: int | None = None, predict: dict | None = None):
     """Train one stage from `init_from`; returns its final checkpoint directory.
 
     `storage` holds Ray Train's run state (`storage/<stage name>/`) and the stage's
@@ -102,11 +103,14 @@ def fit_stage(stage: StageConfig, cache_dir: str | Path, init_from: str | Path,
     `validation`: keyword arguments of `validate` (cache_dir, manifest, split,
     max_new_tokens, batch_size) to validate the final checkpoint in Ray Train; its metrics
     are reported with it. `frame_size`: the recipe's media.size, which the processor is
-    fitted to take as it is. Returns (checkpoint directory, final reported metrics).
+    fitted to take as it is. `predict`: {split, tasks, max_new_tokens, batch_size}: the
+    workers answer those rows with the final model into the checkpoint's `predictions/`
+    (`emoverse.train.stage.read_predictions`). Returns (checkpoint directory, final
+    reported metrics).
     """
     import ray.data
-    from ray.train import (CheckpointConfig, FailureConfig, LoggingConfig, RunConfig,
-                           ValidationConfig, ValidationTaskConfig)
+    from ray.train import (CheckpointConfig, DataConfig, FailureConfig, LoggingConfig,
+                           RunConfig, ValidationConfig, ValidationTaskConfig)
     from ray.train.torch import TorchTrainer
     from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
@@ -131,6 +135,9 @@ def fit_stage(stage: StageConfig, cache_dir: str | Path, init_from: str | Path,
         # Multi-epoch stages re-run a streaming pipeline every epoch (seconds of start-up
         # each time); an epoch that fits comfortably is computed once and kept.
         ds = ds.materialize()
+    datasets = {"train": ds}
+    if predict:
+        datasets[EVAL_DATASET] = split_rows(cache_dir, predict["split"], predict.get("tasks"))
     trainer = TorchTrainer(
         worker_loop,
         train_loop_config=StageJob(
@@ -138,9 +145,13 @@ def fit_stage(stage: StageConfig, cache_dir: str | Path, init_from: str | Path,
             torch_threads=scaling.torch_threads,
             shuffle_buffer=SHUFFLE_BATCHES * stage.batch_size,
             lineage={**lineage, "stage": stage.name, "mixture_seen": seen},
-            validate=validation is not None, frame_size=frame_size).to_config(),
+            validate=validation is not None, frame_size=frame_size,
+            predict=PredictJob(predict["max_new_tokens"], predict["batch_size"])
+            if predict else None).to_config(),
         scaling_config=ray_scaling(scaling),
-        datasets={"train": ds},
+        datasets=datasets,
+        # every worker reads the evaluation rows whole and answers its share of them
+        dataset_config=DataConfig(datasets_to_split=["train"]),
         validation_config=ValidationConfig(
             fn=validate_checkpoint, task_config=ValidationTaskConfig(fn_kwargs=validation),
             # outside any placement group of a caller (a Tune trial reserves almost nothing)

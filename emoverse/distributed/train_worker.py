@@ -11,7 +11,9 @@ from __future__ import annotations
 from contextlib import contextmanager
 from pathlib import Path
 
-from emoverse.train.stage import StageJob, train
+from emoverse.train.stage import StageJob, share_of, train
+
+EVAL_DATASET = "eval"  # the rows a stage answers at the end, given whole to every worker
 
 
 def worker_loop(config: dict) -> None:
@@ -66,6 +68,18 @@ class RayTrainSession:
             return
         with checkpoint.as_directory() as directory:
             yield Path(directory)
+
+    def eval_rows(self):
+        import pandas as pd
+        import ray.train
+
+        parts = [pd.DataFrame({"sample_id": b["sample_id"], "task": b["task"],
+                               "prompt": b["prompt"], "frames": list(b["frames"])})
+                 for b in ray.train.get_dataset_shard(EVAL_DATASET).iter_batches(
+                     batch_size=256, batch_format="numpy")]
+        rows = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(
+            columns=["sample_id", "task", "prompt", "frames"])
+        return share_of(rows, self.rank, self.world_size)
 
     def report(self, metrics: dict, checkpoint: Path | None = None,
                validate: bool = False) -> None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterator, Protocol
+from typing import Callable, Iterator, Protocol
 
 from emoverse.console import logger
 from emoverse.distributed.stage_trainer import fit_stage
@@ -82,6 +82,7 @@ class StageDone:
     index: int  # 1-based position in the recipe
     checkpoint: Path  # the stage in Hugging Face form, with lineage.json
     trained: bool  # False: reused, finished earlier
+    answers: Path | None = None  # Ray Train's final checkpoint, with the stage's answers
 
 
 class StageStore(Protocol):
@@ -116,10 +117,13 @@ def prefix_key(parent_key: str, stage: StageConfig) -> str:
 
 
 def train_stages(recipe: Recipe, data: ChainData, store: StageStore,
-                 only: list[str] | None = None) -> Iterator[StageDone]:
+                 only: list[str] | None = None,
+                 predict: Callable[[StageConfig], dict | None] | None = None
+                 ) -> Iterator[StageDone]:
     """Train (or reuse) the recipe's stages in order, each from the previous one's
     checkpoint, yielding each when done. With `only`, the chain ends at the last of those
-    stages, and every stage before them must have finished already."""
+    stages, and every stage before them must have finished already. `predict(stage)`:
+    the rows a trained stage's workers answer at the end (`fit_stage`'s `predict`)."""
     lineage = {"recipe": recipe.digest(), "manifest": data.manifest_hash}
     parent, key = data.base_model, data.key
     for index, stage in enumerate(recipe.stages, start=1):
@@ -127,6 +131,7 @@ def train_stages(recipe: Recipe, data: ChainData, store: StageStore,
         run, ray_storage = store(stage, key)
         checkpoint = run.checkpoint(stage.name)
         trained = not run.is_finished(stage.name)
+        answers = None
         if not trained:
             log.info("%s: finished earlier, reusing %s", stage.name, checkpoint)
         elif only and stage.name not in only:
@@ -135,12 +140,14 @@ def train_stages(recipe: Recipe, data: ChainData, store: StageStore,
         else:
             log.info("training %s (%s, %s) on Ray Train, %d workers", stage.name,
                      stage.trainable.mode, stage.strategy.kind, recipe.scaling.num_workers)
+            asked = predict(stage) if predict else None
             final, reported = fit_stage(stage, data.cache, parent, ray_storage, recipe.scaling,
                                         {**lineage, "parent": str(parent)},
                                         validation=data.validation,
-                                        frame_size=recipe.media.size)
+                                        frame_size=recipe.media.size, predict=asked)
             run.keep_stage(stage.name, final, str(parent), validated_metrics(reported) or None)
-        yield StageDone(stage, index, checkpoint, trained)
+            answers = final if asked else None
+        yield StageDone(stage, index, checkpoint, trained, answers)
         if only and stage.name == only[-1]:
             return
         parent = checkpoint

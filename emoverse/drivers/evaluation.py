@@ -1,7 +1,8 @@
 """`emoverse eval run --model DIR_OR_RUN [--manifest M] [--tasks T ...] [KEY=VALUE ...]`
 
 Evaluate a model on a manifest's split: the media stage (cached), greedy generation on a
-Ray Data actor pool (every row exactly once), parsing, the benchmarks' metrics, the
+Ray Data actor pool (every row exactly once), or the answers a stage's Ray Train workers
+wrote with its final checkpoint (a recipe run's evaluation, `eval.in_train_workers`), parsing, the benchmarks' metrics, the
 majority baselines, and a report (metrics.json with the model, manifest and recipe
 hashes, per-sample predictions, figures). Greedy decoding over a fixed row order makes a
 re-run, after an interruption or not, give identical numbers; the report is written
@@ -22,9 +23,11 @@ from emoverse.distributed.session import ensure_ray
 from emoverse.emt.manifest import manifest_hash, read_manifest
 from emoverse.evaluation.report import METRICS, write_report
 from emoverse.evaluation.scoring import baselines, score
+from emoverse.media.cache import clip_files
 from emoverse.model.checkpoint import LINEAGE, is_checkpoint, model_hash, read_lineage
 from emoverse.model.generation import answer_budgets
 from emoverse.recipe import EvalConfig, MediaConfig
+from emoverse.train.stage import read_predictions
 
 
 @dataclass(frozen=True)
@@ -38,6 +41,9 @@ class EvalRequest:
     tasks: tuple[str, ...] | None = None  # None: every task the split has
     num_actors: int | None = None  # None: the config's
     previous: Path | None = None  # an earlier evaluation to draw beside this one
+    # A directory whose predictions/ already answer these rows: a stage's final Ray
+    # checkpoint when its workers answered them (`fit_stage(predict=...)`).
+    answers: Path | None = None
 
 
 def evaluate(req: EvalRequest) -> dict:
@@ -54,8 +60,11 @@ def evaluate(req: EvalRequest) -> dict:
     ensure_ray()
     cache = run_media_stage(req.manifest, req.media, req.cache_root)
     budget = req.config.max_new_tokens or answer_budgets(manifest, req.model, split)
-    preds = predict(cache, req.model, split, budget, req.config.batch_size,
-                    req.num_actors or req.config.num_actors, tasks=tasks)
+    if req.answers:
+        preds = stage_answers(req.answers, cache, split, tasks)
+    else:
+        preds = predict(cache, req.model, split, budget, req.config.batch_size,
+                        req.num_actors or req.config.num_actors, tasks=tasks)
     preds = preds.sort_values("sample_id").reset_index(drop=True)
     ids = preds.groupby("task").sample_id.apply(list).to_dict()
     lineage = read_lineage(req.model) if is_checkpoint(req.model) else {}
@@ -64,6 +73,7 @@ def evaluate(req: EvalRequest) -> dict:
         "recipe_hash": lineage.get("recipe"), "stage": lineage.get("stage"),
         "manifest": str(req.manifest), "manifest_hash": manifest_hash(req.manifest),
         "split": split, "max_new_tokens": budget, "decoding": "greedy",
+        "answered_by": "stage workers" if req.answers else "model actors",
         "media": req.media.model_dump(),
         "tasks": score(manifest, preds),
         "unparsed_counts": _unparsed_counts(preds),
@@ -76,6 +86,26 @@ def evaluate(req: EvalRequest) -> dict:
     if is_checkpoint(req.model):  # the checkpoint's lineage records its evaluation too
         _record_in_lineage(Path(req.model), split, metrics["tasks"])
     return metrics
+
+
+def stage_answers(answers: Path, cache: Path, split: str,
+                  tasks: tuple[str, ...]) -> pd.DataFrame:
+    """The answers written with a stage's checkpoint, checked to cover every usable clip
+    of the split's `tasks` exactly once."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    preds = read_predictions(answers)
+    clips = pq.read_table(clip_files(cache), columns=["sample_id", "task", "split", "ok"])
+    clips = clips.filter(pc.and_(pc.equal(clips["split"], split), clips["ok"]))
+    wanted = {s for s, t in zip(clips["sample_id"].to_pylist(), clips["task"].to_pylist())
+              if t in tasks}
+    got = [] if preds is None else preds.sample_id.tolist()
+    if len(got) != len(set(got)) or set(got) != wanted:
+        raise ValueError(f"the answers in {answers}/predictions do not cover the {split!r} "
+                         f"clips of {', '.join(tasks)} exactly once ({len(got)} answers, "
+                         f"{len(set(got))} distinct, {len(wanted)} clips)")
+    return preds
 
 
 def _unparsed_counts(preds: pd.DataFrame) -> dict[str, int]:

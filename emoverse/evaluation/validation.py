@@ -10,10 +10,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pandas as pd
-
 from emoverse.emt.manifest import read_manifest
-from emoverse.model.generation import AnswerGenerator, Budget
+from emoverse.model.generation import AnswerGenerator, Budget, answer_rows
 from emoverse.evaluation.scoring import score
 from emoverse.media.cache import read_split
 
@@ -41,15 +39,7 @@ def validate(model_dir: str | Path, cache_dir: str | Path, manifest: str | Path,
     rows = read_split(cache_dir, split, ["sample_id", "task", "prompt"])
     if rows.empty:
         raise ValueError(f"the media cache {cache_dir} has no usable {split!r} clips")
-    rows = rows.sort_values(["task", "sample_id"], kind="stable").reset_index(drop=True)
     generator = AnswerGenerator(str(model_dir), max_new_tokens, torch_threads)
-    texts: list[str] = []
-    for start in range(0, len(rows), batch_size):
-        chunk = rows.iloc[start:start + batch_size]
-        texts += generator.generate({"prompt": chunk.prompt.tolist(),
-                                     "frames": chunk.frames.tolist(),
-                                     "task": chunk.task.tolist()})
-    preds = pd.DataFrame({"sample_id": rows.sample_id.values, "task": rows.task.values,
-                          "prediction": texts})
+    preds = answer_rows(generator, rows, batch_size)
     tasks = score(read_manifest(manifest).to_pandas(), preds)
     return {**flat_metrics(tasks), "objective": objective(tasks), "validated": len(preds)}

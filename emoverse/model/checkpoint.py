@@ -11,6 +11,8 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 from emoverse.recipe import TrainableConfig
@@ -87,7 +89,37 @@ def load_model(path: str | Path, trust_remote_code: bool = False, attention: str
     from peft import PeftModel
 
     base = load_model(parent_of(path), trust_remote_code, attention)
-    return PeftModel.from_pretrained(base, str(path / "adapter")).merge_and_unload()
+    saved = json.loads((path / "adapter" / "adapter_config.json").read_text())
+    untie_saved_output_layer(base, saved.get("modules_to_save") or [])
+    with _peft_on_transformers():
+        return PeftModel.from_pretrained(base, str(path / "adapter")).merge_and_unload()
+
+
+def untie_saved_output_layer(model, modules_to_save: list[str]) -> None:
+    """Mark a tied output layer untied when an adapter trains it (`modules_to_save:
+    [lm_head]`): the adapter trains and saves its own copy of the layer, which replaces it
+    on merging, while the input embeddings stay as they were. The frozen original may keep
+    sharing the embeddings' memory until then. Done before wrapping, so the config says
+    what the model will be (PEFT otherwise warns that the tie breaks, at wrapping and again
+    at merging, and changes the config itself then)."""
+    out = model.get_output_embeddings()
+    saved = {m.split(".")[-1] for m in modules_to_save}
+    if out is None or not any(m is out and n.split(".")[-1] in saved
+                              for n, m in model.named_modules()):
+        return
+    for config in (model.config, getattr(model.config, "text_config", None)):
+        if config is not None and getattr(config, "tie_word_embeddings", False):
+            config.tie_word_embeddings = False
+
+
+@contextmanager
+def _peft_on_transformers():
+    """PEFT 0.21 asks every model `is_gradient_checkpointing`, which transformers 5
+    deprecated (a FutureWarning per wrap that no user can act on)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*",
+                                category=FutureWarning)
+        yield
 
 
 def apply_trainable(model, cfg: TrainableConfig):
@@ -107,7 +139,9 @@ def apply_trainable(model, cfg: TrainableConfig):
         modules_to_save=[*([p for p in projector if p] if cfg.projector else []),
                          *cfg.lora.modules_to_save] or None,
     )
-    model = get_peft_model(model, lora)
+    untie_saved_output_layer(model, list(cfg.lora.modules_to_save))
+    with _peft_on_transformers():
+        model = get_peft_model(model, lora)
     if cfg.vision:
         for name, p in model.named_parameters():
             if _is_vision(name):

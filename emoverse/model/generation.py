@@ -35,9 +35,21 @@ class AnswerGenerator:
         import torch
 
         torch.set_num_threads(torch_threads)
-        self.processor = load_processor(model_path)
-        self.model = load_model(model_path).eval()
-        self.collate = Collator(self.processor, train=False)
+        self._use(load_model(model_path), load_processor(model_path), max_new_tokens)
+
+    @classmethod
+    def from_model(cls, model, processor, max_new_tokens: Budget = 32) -> "AnswerGenerator":
+        """A generator over a model already in memory (a stage's, once it has trained);
+        a PEFT model's adapters are merged first, as `load_model` merges a saved one."""
+        if hasattr(model, "merge_and_unload"):
+            model = model.merge_and_unload()
+        generator = cls.__new__(cls)
+        generator._use(model, processor, max_new_tokens)
+        return generator
+
+    def _use(self, model, processor, max_new_tokens: Budget) -> None:
+        self.model, self.processor = model.eval(), processor
+        self.collate = Collator(processor, train=False)
         self.max_new_tokens = max_new_tokens
 
     def generate(self, batch: Mapping[str, Sequence]) -> list[str]:
@@ -54,8 +66,23 @@ class AnswerGenerator:
         return texts
 
     def _answer(self, batch: Mapping[str, Sequence], budget: int) -> list[str]:
-        new = greedy_new_tokens(self.model, self.collate(batch), budget)
+        enc = {k: v.to(self.model.device) for k, v in self.collate(batch).items()}
+        new = greedy_new_tokens(self.model, enc, budget)
         return [t.strip() for t in self.processor.batch_decode(new, skip_special_tokens=True)]
+
+
+def answer_rows(generator: AnswerGenerator, rows: pd.DataFrame, batch_size: int) -> pd.DataFrame:
+    """(sample_id, task, prediction) for `rows` (sample_id, task, prompt, frames), answered
+    in batches of one task where possible (sorted by task, then sample id)."""
+    rows = rows.sort_values(["task", "sample_id"], kind="stable").reset_index(drop=True)
+    texts: list[str] = []
+    for start in range(0, len(rows), batch_size):
+        chunk = rows.iloc[start:start + batch_size]
+        texts += generator.generate({"prompt": chunk.prompt.tolist(),
+                                     "frames": chunk.frames.tolist(),
+                                     "task": chunk.task.tolist()})
+    return pd.DataFrame({"sample_id": rows.sample_id.values, "task": rows.task.values,
+                         "prediction": texts})
 
 
 def answer_budgets(manifest: pd.DataFrame, model_path: str | Path, split: str) -> dict[str, int]:

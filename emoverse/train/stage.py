@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -22,6 +23,7 @@ from typing import (Any, Callable, ContextManager, Iterable, Iterator, Mapping, 
                     Sequence)
 
 import numpy as np
+import pandas as pd
 
 from emoverse.console import logger
 from emoverse.model.checkpoint import (apply_trainable, attention_implementation,
@@ -36,6 +38,16 @@ from emoverse.train.loop import LoopState, train_epochs
 log = logger(__name__)
 LOOP_STATE = "loop_state.json"  # the loop's position, in every resumable checkpoint
 ENGINE_DIR = "engine"  # the engine's optimiser and schedule state
+PREDICTIONS = "predictions"  # the final checkpoint's answers to the evaluation rows
+
+
+@dataclass(frozen=True)
+class PredictJob:
+    """Answer the evaluation rows with the stage's final model, in the stage's processes,
+    each its share (`share_of`), into the final checkpoint's `predictions/`."""
+
+    max_new_tokens: int | dict[str, int]  # one budget, or one per task
+    batch_size: int = 32
 
 
 @dataclass(frozen=True)
@@ -50,13 +62,22 @@ class StageJob:
     lineage: dict = field(default_factory=dict)  # recorded with the final checkpoint
     validate: bool = False  # ask the runtime to validate the final checkpoint
     frame_size: int | None = None  # media.size: the processor takes frames at this size
+    predict: PredictJob | None = None  # answer the session's evaluation rows at the end
+
+    def __post_init__(self):
+        if self.predict and self.stage.strategy.kind != "ddp":
+            # ZeRO-sharded weights would need every process in each generation step
+            raise ValueError(f"stage {self.stage.name!r}: answering evaluation rows in the "
+                             f"training processes needs strategy.kind=ddp")
 
     def to_config(self) -> dict:
         return {**asdict(self), "stage": self.stage.model_dump(mode="json")}
 
     @classmethod
     def from_config(cls, config: Mapping) -> "StageJob":
-        return cls(**{**config, "stage": StageConfig(**config["stage"])})
+        predict = config.get("predict")
+        return cls(**{**config, "stage": StageConfig(**config["stage"]),
+                      "predict": PredictJob(**predict) if predict else None})
 
 
 class Session(Protocol):
@@ -79,6 +100,10 @@ class Session(Protocol):
     def report(self, metrics: dict, checkpoint: Path | None = None,
                validate: bool = False) -> None:
         """Progress, and a checkpoint directory to keep (every process, the same calls)."""
+
+    def eval_rows(self) -> pd.DataFrame:
+        """This process's share of the rows to answer at the end (`StageJob.predict`):
+        sample_id, task, prompt, frames."""
 
 
 def train(job: StageJob, session: Session) -> LoopState:
@@ -155,6 +180,9 @@ def train(job: StageJob, session: Session) -> LoopState:
                            "warm_data_wait_fraction": state.warm_data_wait_fraction,
                            "resumed_at_step": resumed_at}
                 finish_checkpoint(processor, tmp, lineage)
+            if final and job.predict:
+                answer_share(engine.module, processor, session, job.predict,
+                             Path(tmp) / PREDICTIONS, stage.name)
             if main:
                 (Path(tmp) / LOOP_STATE).write_text(json.dumps(state.to_dict()))
             written = any(Path(tmp).rglob("*.*"))
@@ -164,6 +192,37 @@ def train(job: StageJob, session: Session) -> LoopState:
 
     return train_epochs(engine, epoch_batches, stage, job.total_steps, state, on_log=on_log,
                         on_checkpoint=on_checkpoint)
+
+
+def share_of(rows: pd.DataFrame, rank: int, world_size: int) -> pd.DataFrame:
+    """The rows process `rank` answers: split by a hash of the sample id, so each row is
+    answered exactly once, whatever order each process reads the rows in."""
+    keys = np.array([zlib.crc32(str(s).encode()) for s in rows.sample_id], dtype=np.int64)
+    return rows[keys % world_size == rank]
+
+
+def answer_share(model, processor, session: Session, job: PredictJob, out: Path,
+                 stage: str) -> None:
+    """Answer this process's evaluation rows with the trained `model` (it is not trained
+    further) into `out/rank-<rank>.parquet`."""
+    from emoverse.model.generation import AnswerGenerator, answer_rows
+
+    rows = session.eval_rows()
+    if session.rank == 0:
+        log.info("[%s] answering the evaluation rows in the training processes (%d here)",
+                 stage, len(rows))
+    generator = AnswerGenerator.from_model(model, processor, job.max_new_tokens)
+    out.mkdir(parents=True, exist_ok=True)
+    answer_rows(generator, rows, job.batch_size).to_parquet(
+        out / f"rank-{session.rank:05d}.parquet", index=False)
+
+
+def read_predictions(checkpoint: str | Path) -> pd.DataFrame | None:
+    """The answers a stage's processes wrote into its final checkpoint, or None."""
+    files = sorted((Path(checkpoint) / PREDICTIONS).glob("rank-*.parquet"))
+    if not files:
+        return None
+    return pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
 
 
 class EpochFeed:
@@ -199,10 +258,11 @@ class LocalSession:
     rank, world_size = 0, 1
 
     def __init__(self, rows: Sequence[Mapping], storage: str | Path, seed: int = 0,
-                 device: str = "cpu"):
+                 device: str = "cpu", eval_rows: pd.DataFrame | None = None):
         import torch
 
         self.rows, self.storage, self.seed = rows, Path(storage), seed
+        self._eval_rows = eval_rows
         self.device = torch.device(device)
         self.reports: list[dict] = []
 
@@ -219,6 +279,11 @@ class LocalSession:
     @contextmanager
     def restored(self) -> Iterator[Path | None]:
         yield self.latest_checkpoint()
+
+    def eval_rows(self) -> pd.DataFrame:
+        if self._eval_rows is None:
+            raise ValueError("this LocalSession was given no eval_rows to answer")
+        return self._eval_rows
 
     def latest_checkpoint(self) -> Path | None:
         saved = sorted(self.storage.glob("checkpoint_*"))

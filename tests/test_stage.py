@@ -162,6 +162,8 @@ def test_an_evaluation_takes_a_stage_answers_only_if_each_clip_has_exactly_one(t
     clips.to_parquet(f"{clip_files(tmp_path / 'cache')}/0.parquet")
     answers = tmp_path / "checkpoint" / PREDICTIONS
     answers.mkdir(parents=True)
+    # none written (a stage resumed from a checkpoint of before): the caller answers itself
+    assert stage_answers(answers.parent, tmp_path / "cache", "test", ("msa",)) is None
     share = pd.DataFrame({"sample_id": ["a", "c"], "task": ["msa", "mer"],
                           "prediction": ["Positive.", "joy"]})
     share.to_parquet(answers / "rank-00000.parquet")

@@ -60,9 +60,9 @@ def evaluate(req: EvalRequest) -> dict:
     ensure_ray()
     cache = run_media_stage(req.manifest, req.media, req.cache_root)
     budget = req.config.max_new_tokens or answer_budgets(manifest, req.model, split)
-    if req.answers:
-        preds = stage_answers(req.answers, cache, split, tasks)
-    else:
+    preds = stage_answers(req.answers, cache, split, tasks) if req.answers else None
+    answered_by = "stage workers" if preds is not None else "model actors"
+    if preds is None:  # no answers given, or a stage resumed from before it wrote any
         preds = predict(cache, req.model, split, budget, req.config.batch_size,
                         req.num_actors or req.config.num_actors, tasks=tasks)
     preds = preds.sort_values("sample_id").reset_index(drop=True)
@@ -73,7 +73,7 @@ def evaluate(req: EvalRequest) -> dict:
         "recipe_hash": lineage.get("recipe"), "stage": lineage.get("stage"),
         "manifest": str(req.manifest), "manifest_hash": manifest_hash(req.manifest),
         "split": split, "max_new_tokens": budget, "decoding": "greedy",
-        "answered_by": "stage workers" if req.answers else "model actors",
+        "answered_by": answered_by,
         "media": req.media.model_dump(),
         "tasks": score(manifest, preds),
         "unparsed_counts": _unparsed_counts(preds),
@@ -89,18 +89,20 @@ def evaluate(req: EvalRequest) -> dict:
 
 
 def stage_answers(answers: Path, cache: Path, split: str,
-                  tasks: tuple[str, ...]) -> pd.DataFrame:
+                  tasks: tuple[str, ...]) -> pd.DataFrame | None:
     """The answers written with a stage's checkpoint, checked to cover every usable clip
-    of the split's `tasks` exactly once."""
+    of the split's `tasks` exactly once; None when it holds none."""
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
     preds = read_predictions(answers)
+    if preds is None:
+        return None
     clips = pq.read_table(clip_files(cache), columns=["sample_id", "task", "split", "ok"])
     clips = clips.filter(pc.and_(pc.equal(clips["split"], split), clips["ok"]))
     wanted = {s for s, t in zip(clips["sample_id"].to_pylist(), clips["task"].to_pylist())
               if t in tasks}
-    got = [] if preds is None else preds.sample_id.tolist()
+    got = preds.sample_id.tolist()
     if len(got) != len(set(got)) or set(got) != wanted:
         raise ValueError(f"the answers in {answers}/predictions do not cover the {split!r} "
                          f"clips of {', '.join(tasks)} exactly once ({len(got)} answers, "

@@ -89,10 +89,15 @@ def load_model(path: str | Path, trust_remote_code: bool = False, attention: str
     from peft import PeftModel
 
     base = load_model(parent_of(path), trust_remote_code, attention)
-    saved = json.loads((path / "adapter" / "adapter_config.json").read_text())
-    untie_saved_output_layer(base, saved.get("modules_to_save") or [])
-    with _peft_on_transformers():
+    untie_saved_output_layer(base, adapter_modules_to_save(path / "adapter"))
+    with peft_on_transformers():
         return PeftModel.from_pretrained(base, str(path / "adapter")).merge_and_unload()
+
+
+def adapter_modules_to_save(adapter: str | Path) -> list[str]:
+    """The modules a saved adapter keeps whole copies of (`modules_to_save`)."""
+    saved = json.loads((Path(adapter) / "adapter_config.json").read_text())
+    return list(saved.get("modules_to_save") or [])
 
 
 def untie_saved_output_layer(model, modules_to_save: list[str]) -> None:
@@ -113,7 +118,7 @@ def untie_saved_output_layer(model, modules_to_save: list[str]) -> None:
 
 
 @contextmanager
-def _peft_on_transformers():
+def peft_on_transformers():
     """PEFT 0.21 asks every model `is_gradient_checkpointing`, which transformers 5
     deprecated (a FutureWarning per wrap that no user can act on)."""
     with warnings.catch_warnings():
@@ -140,7 +145,7 @@ def apply_trainable(model, cfg: TrainableConfig):
                          *cfg.lora.modules_to_save] or None,
     )
     untie_saved_output_layer(model, list(cfg.lora.modules_to_save))
-    with _peft_on_transformers():
+    with peft_on_transformers():
         model = get_peft_model(model, lora)
     if cfg.vision:
         for name, p in model.named_parameters():

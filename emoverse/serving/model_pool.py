@@ -129,13 +129,20 @@ def _device() -> str:
 
 def _attached(model, entry: ModelEntry):
     """`model` with `entry`'s adapter loaded under its model id."""
-    if hasattr(model, "peft_config"):
-        model.load_adapter(entry.adapter, adapter_name=entry.id, is_trainable=False)
-        return model
-    from peft import PeftModel
+    from emoverse.model.checkpoint import (adapter_modules_to_save, peft_on_transformers,
+                                           untie_saved_output_layer)
 
-    return PeftModel.from_pretrained(model, entry.adapter, adapter_name=entry.id,
-                                     is_trainable=False)
+    wrapped = hasattr(model, "peft_config")
+    untie_saved_output_layer(model.get_base_model() if wrapped else model,
+                             adapter_modules_to_save(entry.adapter))
+    with peft_on_transformers():
+        if wrapped:
+            model.load_adapter(entry.adapter, adapter_name=entry.id, is_trainable=False)
+            return model
+        from peft import PeftModel
+
+        return PeftModel.from_pretrained(model, entry.adapter, adapter_name=entry.id,
+                                         is_trainable=False)
 
 
 def _delete_adapter(model, adapter: str) -> None:

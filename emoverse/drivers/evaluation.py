@@ -2,11 +2,12 @@
 
 Evaluate a model on a manifest's split: the media stage (cached), greedy generation on a
 Ray Data actor pool (every row exactly once), or the answers a stage's Ray Train workers
-wrote with its final checkpoint (a recipe run's evaluation, `eval.in_train_workers`), parsing, the benchmarks' metrics, the
-majority baselines, and a report (metrics.json with the model, manifest and recipe
-hashes, per-sample predictions, figures). Greedy decoding over a fixed row order makes a
-re-run, after an interruption or not, give identical numbers; the report is written
-atomically, so an interrupted run leaves nothing half-written.
+wrote with its final checkpoint (a recipe run's evaluation, `eval.in_train_workers`),
+parsing, the benchmarks' metrics, the majority baselines, and a report (metrics.json with
+the model, manifest and recipe hashes, per-sample predictions, figures). Greedy decoding
+over a fixed row order makes a re-run, after an interruption or not, give identical
+numbers; the report is written atomically, so an interrupted run leaves nothing
+half-written.
 """
 
 from __future__ import annotations

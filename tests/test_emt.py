@@ -111,6 +111,51 @@ def test_mixture_realises_exact_shares_deterministically():
     assert realise(ids, tasks, sources, mix, 20, seed=2)[0] != mult
 
 
+def test_an_epoch_built_in_the_driver_repeats_clips_in_one_seeded_order(tmp_path):
+    from emoverse.distributed.stage_trainer import ROW_COLUMNS, epoch_tables
+
+    (tmp_path / "clips").mkdir()
+    for part in range(2):  # two shards, as the media stage writes them
+        ids = [f"s{part}{i}" for i in range(6)]
+        pq.write_table(pa.table({"sample_id": ids, "prompt": ids, "target": ids,
+                                 "frames": [[part, i] for i in range(6)],
+                                 "split": ["train"] * 6}), tmp_path / "clips" / f"{part}.parquet")
+    multiplicity = {"s00": 3, "s01": 1, "s13": 2, "s15": 1}  # the rest: not in this epoch
+    blocks = epoch_tables(tmp_path, multiplicity, seed=3, block_rows=3)
+    assert [b.num_rows for b in blocks] == [3, 3, 1]
+    assert all(b.column_names == ROW_COLUMNS for b in blocks)
+    order = [s for b in blocks for s in b.column("sample_id").to_pylist()]
+    assert sorted(order) == sorted(s for s, n in multiplicity.items() for _ in range(n))
+    assert blocks[0].column("frames").to_pylist()[0][1] == int(order[0][2])  # rows stay whole
+    again = [s for b in epoch_tables(tmp_path, multiplicity, seed=3, block_rows=3)
+             for s in b.column("sample_id").to_pylist()]
+    assert again == order
+    others = {tuple(s for b in epoch_tables(tmp_path, multiplicity, seed=k)
+                    for s in b.column("sample_id").to_pylist()) for k in range(4, 8)}
+    assert len(others - {tuple(order)}) > 0  # another seed, another order
+
+
+def test_a_split_is_read_from_the_cache_filtered_by_task_in_sample_id_order(tmp_path):
+    import json
+
+    from emoverse.media.cache import PARAMS, read_split
+
+    (tmp_path / "clips").mkdir()
+    (tmp_path / PARAMS).write_text(json.dumps({"num_frames": 1, "size": 1}))
+    for part, ids in enumerate([["d", "b", "x"], ["c", "a", "y"]]):
+        pq.write_table(pa.table({
+            "sample_id": ids, "task": ["msa", "fer", "msa"], "prompt": ids,
+            "split": ["test", "test", "train"], "ok": [True, part == 0, True],
+            "frames": [[i, i, i] for i in range(3)]}), tmp_path / "clips" / f"{part}.parquet")
+    rows = read_split(tmp_path, "test", ["sample_id", "prompt"])
+    assert rows.sample_id.tolist() == ["b", "c", "d"]  # "a" is not ok, x and y are train
+    assert list(rows.columns) == ["sample_id", "prompt", "frames"]
+    assert rows.frames[0].shape == (1, 1, 1, 3) and rows.frames[0][0, 0, 0, 0] == 1
+    assert read_split(tmp_path, "test", ["sample_id"], tasks=["msa"]).sample_id.tolist() \
+        == ["c", "d"]
+    assert read_split(tmp_path, "valid", ["sample_id"]).empty
+
+
 def test_mixture_default_epoch_is_the_pool_and_empty_entries_fail():
     ids, tasks, sources = ["a", "b", "c"], ["msa", "msa", "fer"], ["x", "y", "x"]
     mult, seen = realise(ids, tasks, sources, [MixtureEntry(task="msa", source="y", weight=1)])

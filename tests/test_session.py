@@ -1,10 +1,11 @@
 """The console: the worker processes of a local Ray instance keep Ray's known noise down."""
 
 import logging
+import os
 
 import pytest
 
-from emoverse.distributed.session import QUIET_ON_LOCAL_RAY
+from emoverse.distributed.session import PREEMPTION_WATCHER, QUIET_ON_LOCAL_RAY
 
 
 @pytest.mark.integration
@@ -14,6 +15,7 @@ def test_local_ray_workers_run_the_quiet_hook(monkeypatch):
     from emoverse.distributed.session import ensure_ray
 
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.delenv(PREEMPTION_WATCHER, raising=False)
     if ray.is_initialized():
         ray.shutdown()
 
@@ -48,5 +50,7 @@ def test_local_ray_workers_run_the_quiet_hook(monkeypatch):
         assert ray.get(console.remote()) == {"ray_data_console": [logging.WARNING],
                                              "deepspeed_cpu_notice": False, "hf_bars": "1"}
         assert not ray.data.DataContext.get_current().enable_progress_bars
+        # Ray Train passes this on to its controller: no preemption watcher actor per stage
+        assert os.environ[PREEMPTION_WATCHER] == "0"
     finally:
         ray.shutdown()

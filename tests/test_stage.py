@@ -2,6 +2,7 @@
 checkpoint and lineage, a LoRA stage on top, a resumed stage that ends exactly where an
 uninterrupted one does, and a stage that answers evaluation rows with the model it saved."""
 
+import json
 import warnings
 from dataclasses import replace
 
@@ -141,9 +142,11 @@ def test_each_row_is_one_process_share_whatever_the_order():
 
 
 def test_a_predict_job_travels_in_the_config_and_needs_ddp(tiny_model):
-    predict = PredictJob(max_new_tokens={"msa": 3}, batch_size=8)
+    predict = PredictJob(max_new_tokens={"msa": 3}, batch_size=8, cache_dir="/cache",
+                         split="valid", tasks=("msa", "fer"))
     config = replace(job(tiny_model), predict=predict).to_config()
     assert StageJob.from_config(config).predict == predict
+    assert StageJob.from_config(json.loads(json.dumps(config))).predict == predict
     assert StageJob.from_config(job(tiny_model).to_config()).predict is None
     with pytest.raises(ValueError, match="strategy.kind=ddp"):
         replace(job(tiny_model, strategy=StrategyConfig(kind="deepspeed")), predict=predict)

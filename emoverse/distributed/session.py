@@ -44,6 +44,7 @@ def _quiet_worker_env() -> dict[str, str]:
 def _quiet_local_driver() -> None:
     """The driver's part of `quiet_ray`, before Ray and Ray Data configure their loggers."""
     os.environ.setdefault(RAY_DATA_LOGGING, str(RAY_DATA_LOGGING_FILE))
+    os.environ.setdefault(PREEMPTION_WATCHER, "0")
     for name, level in QUIET_LOCAL_DRIVER.items():
         logging.getLogger(name).setLevel(level)
     drop_known_notices()
@@ -90,6 +91,10 @@ QUIET_LOCAL_DRIVER = {"ray._private.authentication.authentication_token_setup": 
 # ray-data.log, only warnings to the console (Ray Data reads this at import, in every
 # process, from the variable Ray Data documents for it).
 RAY_DATA_LOGGING = "RAY_DATA_LOGGING_CONFIG"
+# Ray Train's preemption watcher, an actor per stage that polls for node drains: a local
+# instance is one node, whose drain ends the run anyway, and starting the actor printed a
+# core-worker notice per stage. Ray Train passes this variable from the driver on.
+PREEMPTION_WATCHER = "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"
 RAY_DATA_LOGGING_FILE = Path(__file__).with_name("ray_data_logging.yaml")
 def quiet_ray() -> None:
     """Ray's `worker_process_setup_hook` for the local instance `ensure_ray` starts: raises

@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import json
 from pathlib import Path
+from typing import Sequence
 
 
 import numpy as np
@@ -94,23 +95,42 @@ def read_clips(cache: str | Path, count: int, seed: int = 0) -> list[dict]:
     return rows
 
 
-def read_split(cache: str | Path, split: str, columns: list[str]):
-    """The usable clips of `split`, in sample-id order, frames as (frames, size, size, 3)."""
+def read_split(cache: str | Path, split: str, columns: list[str],
+               tasks: Sequence[str] | None = None):
+    """The usable clips of `split` (of `tasks` only, when given), in sample-id order, frames
+    as (frames, size, size, 3). Read a batch at a time and filtered as it is read, so memory
+    holds the split's clips, not the cache's."""
     import pyarrow as pa
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
     params = json.loads((Path(cache) / PARAMS).read_text())
     shape = (params["num_frames"], params["size"], params["size"], 3)
-    table = pq.read_table(clip_files(cache), columns=[*columns, "split", "ok", "frames"])
-    table = table.filter(pc.and_(pc.equal(table["split"], split), table["ok"]))
-    table = table.sort_by("sample_id")
+    wanted = list(dict.fromkeys([*columns, *(["task"] if tasks else []), "split", "ok",
+                                 "frames"]))
+    kept = []
+    for path in sorted(Path(clip_files(cache)).glob("*.parquet")):
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=512, columns=wanted):
+            keep = pc.and_(pc.equal(batch["split"], split), batch["ok"])
+            if tasks:
+                keep = pc.and_(keep, pc.is_in(batch["task"], value_set=pa.array(list(tasks))))
+            kept.append(batch.filter(keep))
+    if not kept:
+        return _empty_split(columns)
+    table = pa.Table.from_batches(kept).sort_by("sample_id")
     frames = table.column("frames").combine_chunks()
     if isinstance(frames, pa.ExtensionArray):  # Ray's tensor type, when Ray is imported
         frames = frames.storage
     while pa.types.is_nested(frames.type):
         frames = frames.flatten()
     flat = frames.to_numpy(zero_copy_only=False)
-    out = table.drop_columns(["frames"]).to_pandas()
+    out = table.select(columns).to_pandas()
     out["frames"] = list(np.asarray(flat, np.uint8).reshape(len(out), *shape))
     return out
+
+
+def _empty_split(columns: list[str]):
+    """An empty split: the columns read_split returns, without rows."""
+    import pandas as pd
+
+    return pd.DataFrame(columns=[*columns, "frames"])

@@ -44,10 +44,14 @@ PREDICTIONS = "predictions"  # the final checkpoint's answers to the evaluation 
 @dataclass(frozen=True)
 class PredictJob:
     """Answer the evaluation rows with the stage's final model, in the stage's processes,
-    each its share (`share_of`), into the final checkpoint's `predictions/`."""
+    each its share (`share_of`), into the final checkpoint's `predictions/`. The rows are
+    the usable clips of `split` (of `tasks`, when given) in the media cache `cache_dir`."""
 
     max_new_tokens: int | dict[str, int]  # one budget, or one per task
     batch_size: int = 32
+    cache_dir: str | None = None  # None: the session holds the rows itself (LocalSession)
+    split: str = "test"
+    tasks: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -76,6 +80,8 @@ class StageJob:
     @classmethod
     def from_config(cls, config: Mapping) -> "StageJob":
         predict = config.get("predict")
+        if predict and predict.get("tasks") is not None:
+            predict = {**predict, "tasks": tuple(predict["tasks"])}
         return cls(**{**config, "stage": StageConfig(**config["stage"]),
                       "predict": PredictJob(**predict) if predict else None})
 

@@ -17,7 +17,7 @@ import numpy as np
 
 from emoverse.distributed.session import train_log_level
 from emoverse.distributed.train_worker import worker_loop
-from emoverse.media.cache import clip_files
+from emoverse.media.cache import clip_files, read_rows
 from emoverse.emt.mixture import realise
 from emoverse.recipe import ScalingConfig, StageConfig
 from emoverse.train.stage import PredictJob, StageJob
@@ -47,11 +47,17 @@ def epoch_tables(cache_dir: str | Path, multiplicity: dict[str, int], seed: int 
     """The whole epoch read in this process, as Arrow tables of `block_rows` rows: each
     clip repeated by its multiplicity, in one seeded order over the epoch. For an epoch
     that fits in memory this is faster than Ray Data's file listing and read tasks, and
-    mixes better than shuffling within blocks."""
-    import pyarrow.parquet as pq
+    mixes better than shuffling within blocks. Only the epoch's clips are kept while
+    reading (`read_rows`), so a cache larger than the epoch is not held whole."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
 
-    table = pq.read_table(clip_files(cache_dir), columns=ROW_COLUMNS)
-    counts = [multiplicity.get(str(s), 0) for s in table.column("sample_id").to_pylist()]
+    chosen = pa.array([s for s, n in multiplicity.items() if n > 0], pa.string())
+    table = read_rows(cache_dir, ROW_COLUMNS,
+                      lambda batch: pc.is_in(batch["sample_id"], value_set=chosen))
+    if table is None:
+        return []
+    counts = [multiplicity[s] for s in table.column("sample_id").to_pylist()]
     index = np.repeat(np.arange(table.num_rows), counts)
     index = index[np.random.default_rng([seed, EPOCH_ORDER_KEY]).permutation(len(index))]
     # take() per block: each block owns its buffers, so putting it in the object store
@@ -163,9 +169,7 @@ def fit_stage(stage: StageConfig, cache_dir: str | Path, init_from: str | Path,
             shuffle_buffer=SHUFFLE_BATCHES * stage.batch_size,
             lineage={**lineage, "stage": stage.name, "mixture_seen": seen},
             validate=validation is not None, frame_size=frame_size,
-            predict=PredictJob(predict["max_new_tokens"], predict["batch_size"],
-                               str(cache_dir), predict["split"],
-                               tuple(predict["tasks"]) if predict.get("tasks") else None)
+            predict=PredictJob(**predict, cache_dir=str(cache_dir))
             if predict else None).to_config(),
         scaling_config=ray_scaling(scaling),
         datasets={"train": ds},

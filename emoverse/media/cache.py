@@ -11,7 +11,7 @@ from __future__ import annotations
 import csv
 import json
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 
 import numpy as np
@@ -95,29 +95,41 @@ def read_clips(cache: str | Path, count: int, seed: int = 0) -> list[dict]:
     return rows
 
 
+def read_rows(cache: str | Path, columns: list[str], keep: Callable):
+    """The cache's rows for which `keep(batch)` (a boolean array over an Arrow batch) holds,
+    `columns` only, in file order; None when the cache has no files. Read a batch at a time
+    and filtered as it is read, so memory holds the kept rows, not the cache."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    kept = [batch.filter(keep(batch))
+            for path in sorted(Path(clip_files(cache)).glob("*.parquet"))
+            for batch in pq.ParquetFile(path).iter_batches(batch_size=512, columns=columns)]
+    return pa.Table.from_batches(kept) if kept else None
+
+
 def read_split(cache: str | Path, split: str, columns: list[str],
                tasks: Sequence[str] | None = None):
     """The usable clips of `split` (of `tasks` only, when given), in sample-id order, frames
-    as (frames, size, size, 3). Read a batch at a time and filtered as it is read, so memory
-    holds the split's clips, not the cache's."""
+    as (frames, size, size, 3), read as `read_rows` reads."""
     import pyarrow as pa
     import pyarrow.compute as pc
-    import pyarrow.parquet as pq
 
     params = json.loads((Path(cache) / PARAMS).read_text())
     shape = (params["num_frames"], params["size"], params["size"], 3)
     wanted = list(dict.fromkeys([*columns, *(["task"] if tasks else []), "split", "ok",
                                  "frames"]))
-    kept = []
-    for path in sorted(Path(clip_files(cache)).glob("*.parquet")):
-        for batch in pq.ParquetFile(path).iter_batches(batch_size=512, columns=wanted):
-            keep = pc.and_(pc.equal(batch["split"], split), batch["ok"])
-            if tasks:
-                keep = pc.and_(keep, pc.is_in(batch["task"], value_set=pa.array(list(tasks))))
-            kept.append(batch.filter(keep))
-    if not kept:
+
+    def usable(batch):
+        keep = pc.and_(pc.equal(batch["split"], split), batch["ok"])
+        if tasks:
+            keep = pc.and_(keep, pc.is_in(batch["task"], value_set=pa.array(list(tasks))))
+        return keep
+
+    table = read_rows(cache, wanted, usable)
+    if table is None:
         return _empty_split(columns)
-    table = pa.Table.from_batches(kept).sort_by("sample_id")
+    table = table.sort_by("sample_id")
     frames = table.column("frames").combine_chunks()
     if isinstance(frames, pa.ExtensionArray):  # Ray's tensor type, when Ray is imported
         frames = frames.storage

@@ -53,6 +53,10 @@ class PredictJob:
     split: str = "test"
     tasks: tuple[str, ...] | None = None
 
+    def __post_init__(self):
+        if self.tasks is not None:  # a list, after a trip through JSON or a driver's dict
+            object.__setattr__(self, "tasks", tuple(self.tasks))
+
 
 @dataclass(frozen=True)
 class StageJob:
@@ -80,8 +84,6 @@ class StageJob:
     @classmethod
     def from_config(cls, config: Mapping) -> "StageJob":
         predict = config.get("predict")
-        if predict and predict.get("tasks") is not None:
-            predict = {**predict, "tasks": tuple(predict["tasks"])}
         return cls(**{**config, "stage": StageConfig(**config["stage"]),
                       "predict": PredictJob(**predict) if predict else None})
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from contextlib import contextmanager
 
 PACKAGE = "emoverse"
 
@@ -63,3 +64,18 @@ def drop_known_notices() -> None:
         target = logging.getLogger(name)
         if not any(isinstance(f, DropMessages) for f in target.filters):
             target.addFilter(DropMessages(prefixes))
+
+
+@contextmanager
+def no_progress_bars():
+    """transformers' and the Hub's progress bars off inside the block (as they were after):
+    saving a model of one shard drew a bar for it, noise between our own progress lines."""
+    from transformers.utils import logging as hf_logging
+
+    was_on = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_on:
+            hf_logging.enable_progress_bar()

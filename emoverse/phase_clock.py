@@ -39,12 +39,15 @@ class Countdown:
     """Time left in a long phase, from its rate since `done` units (a resumed stage starts
     part way, and its earlier units took no time in this process)."""
 
-    def __init__(self, done: int = 0):
+    def __init__(self, done: int = 0, settle: float = 0.02):
         self._done0, self._t0 = done, time.perf_counter()
+        self._settle = settle
 
     def left(self, done: int, total: int) -> str:
-        """`1m05s left`, or `?` before the first unit is done."""
-        if done <= self._done0:
+        """`1m05s left`, or `?` before `settle` of the work is done: the first units carry
+        the phase's start-up (a process pool, a pipeline), and an estimate from them alone
+        once said three hours for a 40 s phase."""
+        if done - self._done0 < max(1.0, self._settle * (total - self._done0)):
             return "? left"
         rate = (time.perf_counter() - self._t0) / (done - self._done0)
         minutes, seconds = divmod(round(rate * max(0, total - done)), 60)
@@ -58,10 +61,13 @@ class ProgressLog:
     def __init__(self, label: str, log, every: float = 5.0):
         self._label, self._log, self._every = label, log, every
         self._last, self._countdown = 0.0, Countdown()
+        self._said: int | None = None  # the count last logged
 
     def __call__(self, done: int, total: int) -> None:
         now = time.time()
+        if done == self._said:
+            return  # nothing new to say (a phase still starting, or the end said twice)
         if now - self._last > self._every or done == total:
-            self._last = now
+            self._last, self._said = now, done
             self._log.info("  %s %d/%d, %s", self._label, done, total,
                            self._countdown.left(done, total))

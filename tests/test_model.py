@@ -69,6 +69,17 @@ def test_unknown_architecture_is_refused(tmp_path):
     assert get_architecture("qwen2-vl").title == "Qwen2-VL"
 
 
+def test_writing_the_tiny_model_draws_no_progress_bar(tmp_path, capsys):
+    from transformers.utils import logging as hf_logging
+
+    from emoverse.model.tiny import write_tiny_model
+
+    hf_logging.enable_progress_bar()
+    write_tiny_model(tmp_path, ["the person says hello", "a smile"])
+    assert "Writing model shards" not in capsys.readouterr().err
+    assert hf_logging.is_progress_bar_enabled()  # as the caller had them
+
+
 def test_label_words_are_single_tokens(arch_model):
     tok = load_processor(arch_model[1]).tokenizer
     for word in ["Positive", "Negative", "Joy", "Sadness", "Anger", "Surprise"]:

@@ -39,6 +39,7 @@ def test_paper_recipe_at_real_width_trains_evaluates_exports_and_serves(tmp_path
     from emoverse.media.clips import process_clip
     from emoverse.media.faces import detector_for
     from emoverse.model.export import export_model
+    from emoverse.model.generation import AnswerGenerator
     from emoverse.rundir import resolve_checkpoint
     from emoverse.serving.catalog import build_catalog
     from emoverse.serving.config import ServeArgs
@@ -82,7 +83,13 @@ def test_paper_recipe_at_real_width_trains_evaluates_exports_and_serves(tmp_path
                           detector_for(catalog.media)).frames
     assert frames.shape == (2, 448, 448, 3)
     answer = ModelPool(catalog).generate(STAGES[1], [Job(row["prompt"], frames, 4)])[0]
-    assert answer.completion_tokens >= 1 and answer.prompt_tokens > 2 * 256
+    assert answer.prompt_tokens > 2 * 256 and answer.completion_tokens <= 4
+    # Serving (stage 2's adapter attached to its base) answers as the exported, merged model
+    # does. Random weights may answer a stop token first, so the texts are compared, not
+    # required to be non-empty.
+    exported_answer = AnswerGenerator(str(exported), max_new_tokens=4).generate(
+        {"prompt": [row["prompt"]], "frames": [frames]})[0]
+    assert answer.text == exported_answer
 
 
 def json_rows(manifest):

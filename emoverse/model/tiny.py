@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from emoverse.console import no_progress_bars
 from emoverse.model.architectures import (ARCH_NAMES, ARCHITECTURES, DEFAULT_ARCH,
                                           Architecture, get_architecture)
 
@@ -89,6 +90,7 @@ def write_tiny_model(out: str | Path, corpus: list[str], arch: str = DEFAULT_ARC
         pad_token_id=config.text_config.pad_token_id,
         do_sample=False,
     )
-    model.save_pretrained(out)
-    processor.save_pretrained(out)
+    with no_progress_bars():
+        model.save_pretrained(out)
+        processor.save_pretrained(out)
     return out

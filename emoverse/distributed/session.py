@@ -11,11 +11,17 @@ from pathlib import Path
 from emoverse.console import drop_known_notices
 
 
+def joins_cluster() -> bool:
+    """Whether Ray connects to an existing cluster (RAY_ADDRESS set) rather than starting a
+    local instance of its own, which emoverse keeps quiet."""
+    return bool(os.environ.get("RAY_ADDRESS"))
+
+
 def ensure_ray(num_cpus: int | None = None) -> None:
     import ray
 
     if not ray.is_initialized():
-        if os.environ.get("RAY_ADDRESS"):
+        if joins_cluster():
             ray.init()
         else:
             _quiet_local_driver()
@@ -27,7 +33,7 @@ def ensure_ray(num_cpus: int | None = None) -> None:
     # One overall progress line per dataset; per-operator bars swamp a log file.
     ctx = ray.data.DataContext.get_current()
     ctx.enable_operator_progress_bars = False
-    if not os.environ.get("RAY_ADDRESS"):
+    if not joins_cluster():
         # Our own lines say how the phases progress (with the time left); Ray Data's log a
         # banner every 10 s in a log file and redraw bars in worker logs.
         ctx.enable_progress_bars = False
@@ -59,7 +65,7 @@ def train_log_level() -> str:
     warnings only; its info lines (resources requested, worker group started, process
     group, model moved and wrapped, each checkpoint's path) still reach its log files. Ray
     Train configures its loggers itself in every process, so only this setting holds."""
-    return "INFO" if os.environ.get("RAY_ADDRESS") else "WARNING"
+    return "INFO" if joins_cluster() else "WARNING"
 
 
 def cluster_resources() -> dict[str, float]:
@@ -96,6 +102,8 @@ RAY_DATA_LOGGING = "RAY_DATA_LOGGING_CONFIG"
 # core-worker notice per stage. Ray Train passes this variable from the driver on.
 PREEMPTION_WATCHER = "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"
 RAY_DATA_LOGGING_FILE = Path(__file__).with_name("ray_data_logging.yaml")
+
+
 def quiet_ray() -> None:
     """Ray's `worker_process_setup_hook` for the local instance `ensure_ray` starts: raises
     the level of the loggers in `QUIET_ON_LOCAL_RAY` and drops the console's known notices

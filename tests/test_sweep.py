@@ -18,16 +18,20 @@ from emoverse.sweep_space import (SweepSpace, load_space, point_params, recipe_p
 S1, S2 = "stage1-multitask-pretraining", "stage2-reason-finetuning"
 
 
+def stage_weights(recipe, stage: str) -> dict[str, float]:
+    return {e.task: e.weight for e in recipe.stage(stage).mixture}
+
+
 def test_trial_weights_are_normalised_to_the_searched_entries_total():
     recipe = load_recipe("m2se-tiny")  # stage 2: eri, mer, ecpe, msa, fer
-    shipped = {e.task: e.weight for e in recipe.stage(S2).mixture}
+    shipped = stage_weights(recipe, S2)
     total = shipped["eri"] + shipped["ecpe"]
     space = SweepSpace(stages={S2: {"weights": {"eri": (0.1, 1), "ecpe": (0.1, 1)}, "lr": (1e-4, 1e-2),
                                     "lora_r": [8, 32]}})
     space.check(recipe)
     params = {f"{S2}/eri": 0.2, f"{S2}/ecpe": 0.6, f"{S2}/lr": 0.001, f"{S2}/lora_r": 8}
     trial = apply_overrides(recipe, trial_overrides(recipe, space, params))
-    weights = {e.task: e.weight for e in trial.stage(S2).mixture}
+    weights = stage_weights(trial, S2)
     assert weights["eri"] == pytest.approx(total * 0.25)
     assert weights["ecpe"] == pytest.approx(total * 0.75)
     assert weights["mer"] == shipped["mer"] and weights["msa"] == shipped["msa"]  # unchanged
@@ -61,7 +65,7 @@ def test_points_must_be_complete_and_inside_the_space():
 
 def test_the_recipes_own_values_are_scaled_into_the_space_as_the_first_point():
     recipe = load_recipe("m2se-tiny")
-    shipped = {e.task: e.weight for e in recipe.stage(S2).mixture}
+    shipped = stage_weights(recipe, S2)
     ratio = shipped["ecpe"] / shipped["eri"]
     assert 2 < ratio < 10  # inside the space below; out of reach of the narrow one
     space = SweepSpace(stages={S2: {"weights": {"eri": (0.1, 1), "ecpe": (0.1, 1)}}})

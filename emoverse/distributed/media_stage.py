@@ -20,7 +20,7 @@ from typing import Callable
 import numpy as np
 
 from emoverse.atomic_dir import atomic_dir
-from emoverse.distributed.session import cluster_resources
+from emoverse.distributed.session import cluster_resources, driver_dataset
 from emoverse.emt.manifest import manifest_hash, read_manifest
 from emoverse.media.cache import CLIPS, DONE, ERRORS, PARAMS, cache_stats, write_error_report
 from emoverse.media.clips import MediaError, process_clip
@@ -142,13 +142,10 @@ def run_media_stage(manifest: str | Path, media: MediaConfig, cache_root: str | 
     columns = PASS_THROUGH + ["media_path", "media_start", "media_end", "peak_frame"]
     # The manifest is small metadata, already read to validate it: its slices go to Ray
     # Data as they are. Reading it with read_parquet added list, read and repartition
-    # tasks of 1 CPU each, which on 2 cores waited behind the actors for 10-20 s; from_arrow
-    # starts a 1-CPU task per slice for its metadata, which still held the CPUs when the
-    # write began (Ray Data then warned that the cluster had no CPUs). from_blocks reads
-    # the metadata here.
+    # tasks of 1 CPU each, which on 2 cores waited behind the actors for 10-20 s.
     table = table.select(columns)
-    ds = ray.data.from_blocks([table.slice(i, ROWS_PER_BLOCK)
-                               for i in range(0, max(1, table.num_rows), ROWS_PER_BLOCK)])
+    ds = driver_dataset([table.slice(i, ROWS_PER_BLOCK)
+                         for i in range(0, max(1, table.num_rows), ROWS_PER_BLOCK)])
     # One actor per CPU from the start (an autoscaling pool stayed at one actor here),
     # each reserving half a CPU so the write tasks can still be scheduled.
     # Actors that die are restarted and their batches retried: Ray Data's own defaults

@@ -68,6 +68,16 @@ def train_log_level() -> str:
     return "INFO" if joins_cluster() else "WARNING"
 
 
+def driver_dataset(tables: list):
+    """Arrow tables built in the driver as a Ray Dataset, one block each. `from_arrow`
+    would start a 1-CPU task per table to read its metadata; those still held the CPUs
+    when the dataset's consumer began (on 2 cores Ray Data then warned that the cluster had
+    no CPUs). `from_blocks` reads the metadata here."""
+    import ray.data
+
+    return ray.data.from_blocks(tables)
+
+
 def cluster_resources() -> dict[str, float]:
     """The connected cluster's resource totals (CPU, GPU, custom), as Ray counts them."""
     import ray

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from emoverse.distributed.session import train_log_level
+from emoverse.distributed.session import driver_dataset, train_log_level
 from emoverse.distributed.train_worker import worker_loop
 from emoverse.media.cache import clip_files, read_rows
 from emoverse.emt.mixture import realise
@@ -155,7 +155,7 @@ def fit_stage(stage: StageConfig, cache_dir: str | Path, init_from: str | Path,
     if materialize if materialize is not None else fits_in_object_store(cache_dir, rows):
         # Multi-epoch stages re-run a streaming pipeline every epoch (seconds of start-up
         # each time); an epoch that fits comfortably is built once, here, and kept.
-        ds = ray.data.from_arrow(epoch_tables(cache_dir, multiplicity, stage.seed))
+        ds = driver_dataset(epoch_tables(cache_dir, multiplicity, stage.seed))
     else:
         ds = ray.data.read_parquet(clip_files(cache_dir)).select_columns(ROW_COLUMNS)
         ds = ds.randomize_block_order(seed=stage.seed).map_batches(

@@ -204,6 +204,16 @@ class DataConfig(Strict):
 class Recipe(Strict):
     name: str
     base_model: str  # a model directory or hub id; "tiny" = the embedded default
+    # The run's seed: each stage's seeds (data order, model init, dropout) derive from it and
+    # the stage's own `seed` (`stage_seed`), so `seed=1` gives the whole run another draw.
+    seed: int = 0
+    # Make a run deterministic on a fixed cluster shape (the same worker count): the media
+    # stage writes in manifest order, each Train worker gets its own seeded share of every
+    # epoch (no dynamic split), torch runs its deterministic algorithms and dropout is
+    # seeded per batch, so the same recipe, data and seed give the same losses and metrics,
+    # and a resumed run sees the batches it would have seen. Costs some throughput (the
+    # README measures it with `emoverse bench train`).
+    deterministic: bool = False
     data: DataConfig = DataConfig()
     media: MediaConfig = MediaConfig()
     stages: list[StageConfig]
@@ -229,9 +239,23 @@ class Recipe(Strict):
         done = self.stages[:names.index(self.stage(through).name) + 1]
         return sorted({entry.task for s in done for entry in s.mixture})
 
+    def seeded_stage(self, stage: StageConfig) -> StageConfig:
+        """`stage` with the seed it trains with: drawn from the run's seed and its own."""
+        return stage.model_copy(update={"seed": stage_seed(self.seed, stage.seed)})
+
     def digest(self) -> str:
         text = self.model_dump_json(exclude={"scaling": PLACEMENT_FIELDS})
         return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def stage_seed(run_seed: int, stage_seed: int) -> int:
+    """A stage's effective seed from the run's seed and the stage's own (a 31-bit number,
+    so every consumer takes it). Run seed 0 keeps the stage's seed as it is."""
+    if run_seed == 0:
+        return stage_seed
+    import numpy as np
+
+    return int(np.random.SeedSequence([run_seed, stage_seed]).generate_state(1)[0] >> 1)
 
 
 def shipped_recipes() -> list[str]:

@@ -112,7 +112,7 @@ def test_mixture_realises_exact_shares_deterministically():
 
 
 def test_an_epoch_built_in_the_driver_repeats_clips_in_one_seeded_order(tmp_path):
-    from emoverse.distributed.stage_trainer import ROW_COLUMNS, epoch_tables
+    from emoverse.distributed.stage_trainer import ROW_COLUMNS, deal, epoch_tables
 
     (tmp_path / "clips").mkdir()
     for part in range(2):  # two shards, as the media stage writes them
@@ -121,18 +121,28 @@ def test_an_epoch_built_in_the_driver_repeats_clips_in_one_seeded_order(tmp_path
                                  "frames": [[part, i] for i in range(6)],
                                  "split": ["train"] * 6}), tmp_path / "clips" / f"{part}.parquet")
     multiplicity = {"s00": 3, "s01": 1, "s13": 2, "s15": 1}  # the rest: not in this epoch
-    blocks = epoch_tables(tmp_path, multiplicity, seed=3, block_rows=3)
+    [order] = deal(multiplicity, seed=3)
+    assert sorted(order) == sorted(s for s, n in multiplicity.items() for _ in range(n))
+    blocks = epoch_tables(tmp_path, order, block_rows=3)
     assert [b.num_rows for b in blocks] == [3, 3, 1]
     assert all(b.column_names == ROW_COLUMNS for b in blocks)
-    order = [s for b in blocks for s in b.column("sample_id").to_pylist()]
-    assert sorted(order) == sorted(s for s, n in multiplicity.items() for _ in range(n))
+    assert [s for b in blocks for s in b.column("sample_id").to_pylist()] == order
     assert blocks[0].column("frames").to_pylist()[0][1] == int(order[0][2])  # rows stay whole
-    again = [s for b in epoch_tables(tmp_path, multiplicity, seed=3, block_rows=3)
-             for s in b.column("sample_id").to_pylist()]
-    assert again == order
-    others = {tuple(s for b in epoch_tables(tmp_path, multiplicity, seed=k)
-                    for s in b.column("sample_id").to_pylist()) for k in range(4, 8)}
+    assert deal(dict(reversed(multiplicity.items())), seed=3) == [order]  # listing order
+    others = {tuple(deal(multiplicity, seed=k)[0]) for k in range(4, 8)}
     assert len(others - {tuple(order)}) > 0  # another seed, another order
+
+
+def test_an_epoch_is_dealt_to_workers_in_equal_seeded_shares():
+    from emoverse.distributed.stage_trainer import deal
+
+    multiplicity = {f"s{i:02d}": 1 + i % 3 for i in range(25)}  # 49 copies
+    shares = deal(multiplicity, seed=5, workers=2)
+    assert [len(s) for s in shares] == [24, 24]  # equal: the odd copy is dropped
+    [whole] = deal(multiplicity, seed=5)
+    assert shares == [whole[0:48:2], whole[1:48:2]]  # the one order, dealt in turn
+    assert deal(multiplicity, seed=5, workers=2) == shares
+    assert deal(multiplicity, seed=6, workers=2) != shares
 
 
 def test_a_split_is_read_from_the_cache_filtered_by_task_in_sample_id_order(tmp_path):

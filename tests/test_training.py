@@ -44,9 +44,23 @@ def wait_for_checkpoint(storage: Path, done, timeout: float = 240) -> int:
     raise AssertionError(f"no checkpoint at step >= 20 under {storage} in {timeout}s")
 
 
+def kill_a_train_worker() -> None:
+    """SIGKILL one Ray Train worker process of the Ray instance this process started."""
+    import psutil
+    import ray
+
+    session = ray._private.worker._global_node.get_session_dir_path()
+    raylet = next(p for p in psutil.process_iter(["cmdline"])
+                  if "raylet" in " ".join(p.info["cmdline"] or [])[:200]
+                  and session in " ".join(p.info["cmdline"] or []))
+    workers = [p for p in raylet.children(recursive=True)  # this test's Ray only
+               if "RayTrainWorker" in " ".join(p.cmdline())]
+    assert workers, "no Ray Train worker process found"
+    workers[-1].send_signal(signal.SIGKILL)
+
+
 def test_a_killed_worker_is_replaced_and_resumes_at_the_checkpointed_step(tiny_model, demo_set,
                                                                           tmp_path):
-    import psutil
     import ray
 
     from emoverse.distributed.media_stage import run_media_stage
@@ -66,14 +80,7 @@ def test_a_killed_worker_is_replaced_and_resumes_at_the_checkpointed_step(tiny_m
     thread = threading.Thread(target=fit)
     thread.start()
     killed_after = wait_for_checkpoint(tmp_path / "ray", lambda: not thread.is_alive())
-    session = ray._private.worker._global_node.get_session_dir_path()
-    raylet = next(p for p in psutil.process_iter(["cmdline"])
-                  if "raylet" in " ".join(p.info["cmdline"] or [])[:200]
-                  and session in " ".join(p.info["cmdline"] or []))
-    workers = [p for p in raylet.children(recursive=True)  # this test's Ray only
-               if "RayTrainWorker" in " ".join(p.cmdline())]
-    assert workers, "no Ray Train worker process found"
-    workers[-1].send_signal(signal.SIGKILL)
+    kill_a_train_worker()
     thread.join(timeout=600)
     lineage = read_lineage(result["checkpoint"])
     # The checkpoint on disk when the worker died, or the one before it when the kill came

@@ -126,12 +126,15 @@ def _rows_written(path: Path) -> int:
 def run_media_stage(manifest: str | Path, media: MediaConfig, cache_root: str | Path,
                     num_actors: int | None = None, processor: type = ClipProcessor,
                     resources: dict[str, float] | None = None,
-                    progress: Callable[[int, int], None] | None = None) -> Path:
+                    progress: Callable[[int, int], None] | None = None,
+                    ordered: bool = False) -> Path:
     """Process every clip of `manifest` once (or reuse the cache) and return its directory.
 
     `resources` are custom Ray resources each actor requests, to keep the stage on a node
     group (`scaling.media_resources`); they are not part of the cache key. `progress` is
-    called with (clips written, clips) while the stage runs."""
+    called with (clips written, clips) while the stage runs. `ordered`: the cache's files
+    hold the clips in manifest order (a deterministic recipe's streamed epochs read blocks
+    as they lie), at the cost of an actor's finished batches waiting for earlier ones."""
     import ray
 
     table = read_manifest(manifest)  # validate before spending any compute
@@ -154,6 +157,8 @@ def run_media_stage(manifest: str | Path, media: MediaConfig, cache_root: str | 
                         compute=ray.data.ActorPoolStrategy(size=actors),
                         batch_size=ROWS_PER_BLOCK, batch_format="numpy", num_cpus=0.5,
                         resources=dict(resources or {}))
+    # map_batches gave the dataset a context of its own: this changes no other dataset
+    ds.context.execution_options.preserve_order = ordered
     with atomic_dir(out) as tmp:
         _write_watched(ds, tmp / CLIPS, table.num_rows, progress)
         (tmp / PARAMS).write_text(media.model_dump_json(indent=2))

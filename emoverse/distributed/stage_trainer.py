@@ -9,23 +9,29 @@ directory (the same `RunConfig(storage_path, name)`) resumes it after a driver r
 
 from __future__ import annotations
 
+import copy
 import json
 import zlib
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
 
 from emoverse.distributed.session import driver_dataset, train_log_level
-from emoverse.distributed.train_worker import worker_loop
+from emoverse.distributed.train_worker import shard_name, worker_loop
 from emoverse.media.cache import clip_files, read_rows
 from emoverse.emt.mixture import realise
 from emoverse.recipe import ScalingConfig, StageConfig
+from emoverse.train.reproducibility import library_versions
 from emoverse.train.stage import PredictJob, StageJob
 
 ROW_COLUMNS = ["sample_id", "prompt", "target", "frames"]
 SHUFFLE_BATCHES = 8  # each worker mixes rows across this many global batches' worth
 EPOCH_BLOCK_ROWS = 256  # rows per block of an epoch built in the driver
 EPOCH_ORDER_KEY = 0x45504F43  # the epoch order's own random stream ("EPOC")
+# How an epoch's rows are ordered and dealt to workers; recorded in lineage, and changed
+# whenever the same seed would give another order.
+DATA_ORDER = "data-order/2"
 
 
 def repeat_rows(batch: dict[str, np.ndarray], multiplicity: dict[str, int],
@@ -42,24 +48,35 @@ def repeat_rows(batch: dict[str, np.ndarray], multiplicity: dict[str, int],
     return {k: np.repeat(v, counts, axis=0)[order] for k, v in batch.items()}
 
 
-def epoch_tables(cache_dir: str | Path, multiplicity: dict[str, int], seed: int = 0,
+def deal(multiplicity: dict[str, int], seed: int = 0, workers: int = 1) -> list[list[str]]:
+    """The epoch's copies of its clips (each repeated by its multiplicity) in one seeded
+    order, dealt in turn into `workers` shares of equal length (a tail shorter than one
+    copy per worker is dropped). The order depends on the seed and the multiplicities
+    only, never on the order the clips were listed or cached in."""
+    ids = sorted(s for s, n in multiplicity.items() if n > 0)
+    copies = np.repeat(np.array(ids, dtype=object), [multiplicity[s] for s in ids])
+    copies = copies[np.random.default_rng([seed, EPOCH_ORDER_KEY]).permutation(len(copies))]
+    usable = len(copies) // workers * workers
+    return [copies[rank:usable:workers].tolist() for rank in range(workers)]
+
+
+def epoch_tables(cache_dir: str | Path, order: list[str],
                  block_rows: int = EPOCH_BLOCK_ROWS) -> list:
-    """The whole epoch read in this process, as Arrow tables of `block_rows` rows: each
-    clip repeated by its multiplicity, in one seeded order over the epoch. For an epoch
-    that fits in memory this is faster than Ray Data's file listing and read tasks, and
-    mixes better than shuffling within blocks. Only the epoch's clips are kept while
-    reading (`read_rows`), so a cache larger than the epoch is not held whole."""
+    """The rows of `order` (sample ids, a clip once per copy) read in this process, in that
+    order, as Arrow tables of `block_rows` rows. For an epoch that fits in memory this is
+    faster than Ray Data's file listing and read tasks, and mixes better than shuffling
+    within blocks. Only the epoch's clips are kept while reading (`read_rows`), so a cache
+    larger than the epoch is not held whole."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    chosen = pa.array([s for s, n in multiplicity.items() if n > 0], pa.string())
+    chosen = pa.array(sorted(set(order)), pa.string())
     table = read_rows(cache_dir, ROW_COLUMNS,
                       lambda batch: pc.is_in(batch["sample_id"], value_set=chosen))
     if table is None:
         return []
-    counts = [multiplicity[s] for s in table.column("sample_id").to_pylist()]
-    index = np.repeat(np.arange(table.num_rows), counts)
-    index = index[np.random.default_rng([seed, EPOCH_ORDER_KEY]).permutation(len(index))]
+    position = {s: i for i, s in enumerate(table.column("sample_id").to_pylist())}
+    index = np.array([position[s] for s in order], dtype=np.int64)
     # take() per block: each block owns its buffers, so putting it in the object store
     # copies only its rows
     return [table.take(index[start:start + block_rows])
@@ -71,7 +88,8 @@ def plan_epoch(cache_dir: str | Path, stage: StageConfig) -> tuple[dict[str, int
     import pyarrow.parquet as pq
 
     t = pq.read_table(clip_files(cache_dir), columns=["sample_id", "task", "source", "split", "ok"])
-    t = t.to_pandas()
+    # sorted: which clips fill an entry's remainder must not depend on the cache's layout
+    t = t.to_pandas().sort_values("sample_id", kind="stable")
     t = t[t.ok & (t.split == "train")]
     return realise(t.sample_id.tolist(), t.task.tolist(), t.source.tolist(), stage.mixture,
                    stage.epoch_size, stage.seed)
@@ -116,10 +134,49 @@ def validate_checkpoint(checkpoint, **kwargs) -> dict:
         return validate(directory, **kwargs)
 
 
+def train_datasets(cache_dir: str | Path, multiplicity: dict[str, int], stage: StageConfig,
+                   workers: int, deterministic: bool, materialize: bool):
+    """The stage's Ray Datasets by name, and Ray Train's DataConfig for them (None: its
+    default). Multi-epoch stages re-run a streaming pipeline every epoch (seconds of
+    start-up each time), so an epoch that fits comfortably (`materialize`) is built once,
+    in the driver, and kept. Otherwise it streams from the cache, each block's rows
+    repeated by their multiplicities. Not `deterministic`: one dataset that Ray Train
+    splits among the workers as they ask for blocks, which is fastest but gives each worker
+    different rows from run to run. `deterministic`: one dataset per worker
+    (`shard_name`), its seeded share of the epoch (`deal`), read in order."""
+    import ray.data
+    from ray.train import DataConfig
+
+    shares = deal(multiplicity, stage.seed, workers if deterministic else 1)
+    if materialize:
+        built = [driver_dataset(epoch_tables(cache_dir, share)) for share in shares]
+    else:
+        files = sorted(str(f) for f in Path(clip_files(cache_dir)).glob("*.parquet"))
+        built = [ray.data.read_parquet(files).select_columns(ROW_COLUMNS)
+                 .randomize_block_order(seed=stage.seed)
+                 .map_batches(repeat_rows, batch_format="numpy", fn_kwargs={
+                     "multiplicity": dict(Counter(share)), "seed": stage.seed})
+                 for share in shares]
+    if not deterministic:
+        return {shard_name(None): built[0]}, None
+    # the driver's options (what Ray Train would apply), in order
+    ordered = copy.deepcopy(ray.data.DataContext.get_current().execution_options)
+    ordered.preserve_order = True
+    return ({shard_name(rank): ds for rank, ds in enumerate(built)},
+            DataConfig(datasets_to_split=[], execution_options=ordered))
+
+
+def run_facts(seed: int, deterministic: bool, world_size: int) -> dict:
+    """What a stage's lineage records to reproduce it, beside the recipe and data digests."""
+    return {"seed": seed, "deterministic": deterministic, "data_order": DATA_ORDER,
+            "world_size": world_size, "versions": library_versions()}
+
+
 def fit_stage(stage: StageConfig, cache_dir: str | Path, init_from: str | Path,
               storage: str | Path, scaling: ScalingConfig, lineage: dict,
               materialize: bool | None = None, validation: dict | None = None,
-              frame_size: int | None = None, predict: dict | None = None):
+              frame_size: int | None = None, predict: dict | None = None,
+              deterministic: bool = False):
     """Train one stage from `init_from`; returns its final checkpoint directory.
 
     `storage` holds Ray Train's run state (`storage/<stage name>/`) and the stage's
@@ -130,10 +187,11 @@ def fit_stage(stage: StageConfig, cache_dir: str | Path, init_from: str | Path,
     are reported with it. `frame_size`: the recipe's media.size, which the processor is
     fitted to take as it is. `predict`: {split, tasks, max_new_tokens, batch_size}: the
     workers answer those rows with the final model into the checkpoint's `predictions/`
-    (`emoverse.train.stage.read_predictions`). Returns (checkpoint directory, final
+    (`emoverse.train.stage.read_predictions`). `deterministic`: each worker trains on its
+    own seeded share of the epoch (`train_datasets`) with torch's deterministic algorithms
+    (the recipe's `deterministic`). Returns (checkpoint directory, final
     reported metrics).
     """
-    import ray.data
     from ray.train import (CheckpointConfig, FailureConfig, LoggingConfig,
                            RunConfig, ValidationConfig, ValidationTaskConfig)
     from ray.train.torch import TorchTrainer
@@ -152,27 +210,23 @@ def fit_stage(stage: StageConfig, cache_dir: str | Path, init_from: str | Path,
     storage.mkdir(parents=True, exist_ok=True)
     (storage / f"{stage.name}-mixture.json").write_text(json.dumps(
         {"samples_per_epoch": rows, "by_entry": seen, "epochs": stage.epochs}, indent=2))
-    if materialize if materialize is not None else fits_in_object_store(cache_dir, rows):
-        # Multi-epoch stages re-run a streaming pipeline every epoch (seconds of start-up
-        # each time); an epoch that fits comfortably is built once, here, and kept.
-        ds = driver_dataset(epoch_tables(cache_dir, multiplicity, stage.seed))
-    else:
-        ds = ray.data.read_parquet(clip_files(cache_dir)).select_columns(ROW_COLUMNS)
-        ds = ds.randomize_block_order(seed=stage.seed).map_batches(
-            repeat_rows, fn_kwargs={"multiplicity": multiplicity, "seed": stage.seed},
-            batch_format="numpy")
+    datasets, data_config = train_datasets(
+        cache_dir, multiplicity, stage, scaling.num_workers, deterministic,
+        materialize if materialize is not None else fits_in_object_store(cache_dir, rows))
     trainer = TorchTrainer(
         worker_loop,
         train_loop_config=StageJob(
             stage=stage, init_from=str(init_from), total_steps=total_steps(stage, per_epoch),
             torch_threads=scaling.torch_threads,
             shuffle_buffer=SHUFFLE_BATCHES * stage.batch_size,
-            lineage={**lineage, "stage": stage.name, "mixture_seen": seen},
+            lineage={**lineage, "stage": stage.name, "mixture_seen": seen,
+                     **run_facts(stage.seed, deterministic, scaling.num_workers)},
+            deterministic=deterministic,
             validate=validation is not None, frame_size=frame_size,
             predict=PredictJob(**predict, cache_dir=str(cache_dir))
             if predict else None).to_config(),
         scaling_config=ray_scaling(scaling),
-        datasets={"train": ds},
+        datasets=datasets, dataset_config=data_config,
         validation_config=ValidationConfig(
             fn=validate_checkpoint, task_config=ValidationTaskConfig(fn_kwargs=validation),
             # outside any placement group of a caller (a Tune trial reserves almost nothing)

@@ -20,6 +20,12 @@ def worker_loop(config: dict) -> None:
     train(job, RayTrainSession(job))
 
 
+def shard_name(rank: int | None) -> str:
+    """The Train dataset a worker reads: "train", which Ray Train splits among the workers,
+    or, in a deterministic run, the worker's own "train-<rank>"."""
+    return "train" if rank is None else f"train-{rank}"
+
+
 def numpy_collate(collate):
     """The stage's (Ray-free) collate as the callable class Ray Data asks for: a plain
     function still works but is deprecated, with a warning on every worker and epoch."""
@@ -42,7 +48,8 @@ class RayTrainSession:
         context = ray.train.get_context()
         self.rank, self.world_size = context.get_world_rank(), context.get_world_size()
         self.device = ray.train.torch.get_device()
-        self._shard = ray.train.get_dataset_shard("train")
+        self._shard = ray.train.get_dataset_shard(
+            shard_name(self.rank if job.deterministic else None))
         self._job = job
 
     def epoch_batches(self, epoch: int, batch_size: int, collate):

@@ -58,6 +58,8 @@ def chain_data(recipe: Recipe, base_model: str, manifest: str | Path,
         validation = {"cache_dir": str(cache), "manifest": str(manifest), "split": split,
                       "max_new_tokens": budget, "batch_size": recipe.eval.batch_size}
     key = f"{base_model}|{digest}|{recipe.media.model_dump_json()}"
+    if recipe.deterministic:  # another split of the data among workers: other stages
+        key += "|deterministic"
     return ChainData(base_model=str(base_model), manifest=str(manifest), manifest_hash=digest,
                      cache=str(cache), key=key, validation=validation)
 
@@ -124,9 +126,11 @@ def train_stages(recipe: Recipe, data: ChainData, store: StageStore,
     checkpoint, yielding each when done. With `only`, the chain ends at the last of those
     stages, and every stage before them must have finished already. `predict(stage)`:
     the rows a trained stage's workers answer at the end (`fit_stage`'s `predict`)."""
-    lineage = {"recipe": recipe.digest(), "manifest": data.manifest_hash}
+    lineage = {"recipe": recipe.digest(), "manifest": data.manifest_hash,
+               "media_cache": Path(data.cache).name, "run_seed": recipe.seed}
     parent, key = data.base_model, data.key
-    for index, stage in enumerate(recipe.stages, start=1):
+    for index, configured in enumerate(recipe.stages, start=1):
+        stage = recipe.seeded_stage(configured)
         key = prefix_key(key, stage)
         run, ray_storage = store(stage, key)
         checkpoint = run.checkpoint(stage.name)
@@ -142,9 +146,11 @@ def train_stages(recipe: Recipe, data: ChainData, store: StageStore,
                      stage.trainable.mode, stage.strategy.kind, recipe.scaling.num_workers)
             asked = predict(stage) if predict else None
             final, reported = fit_stage(stage, data.cache, parent, ray_storage, recipe.scaling,
-                                        {**lineage, "parent": str(parent)},
+                                        {**lineage, "parent": str(parent),
+                                         "stage_seed": configured.seed},
                                         validation=data.validation,
-                                        frame_size=recipe.media.size, predict=asked)
+                                        frame_size=recipe.media.size, predict=asked,
+                                        deterministic=recipe.deterministic)
             run.keep_stage(stage.name, final, str(parent), validated_metrics(reported) or None)
             answers = final if asked else None
         yield StageDone(stage, index, checkpoint, trained, answers)

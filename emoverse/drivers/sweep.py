@@ -66,7 +66,8 @@ def run_sweep(recipe: Recipe, space: SweepSpace, trials: int, sweep_dir: str | P
         raise ValueError(f"manifest {manifest} has no 'valid' split to optimise on")
     ensure_ray()
     cache = run_media_stage(manifest, recipe.media, sweep.media_cache,
-                            resources=recipe.scaling.media_resources)
+                            resources=recipe.scaling.media_resources,
+                            ordered=recipe.deterministic)
     log_face_rates(read_stats(cache), recipe.data.min_face_found)
     fixed = {"recipe": recipe.model_dump(mode="json"), "space": space.model_dump(mode="json"),
              "stages": str(sweep.path / "stages"),

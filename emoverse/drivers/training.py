@@ -31,6 +31,7 @@ from emoverse.phase_clock import PhaseClock, ProgressLog
 from emoverse.recipe import Recipe, StageConfig
 from emoverse.recipe_paths import resolve_paths
 from emoverse.rundir import RunDir
+from emoverse.train.reproducibility import metrics_digest
 from emoverse.train.curves import write_loss_curves
 
 log = logger(__name__)
@@ -65,7 +66,8 @@ def train_recipe(recipe: Recipe, run_dir: str | Path, stages: list[str] | None =
     cache_root = Path(cache_root or run.media_cache)
     cache = run_media_stage(manifest, recipe.media, cache_root,
                             resources=recipe.scaling.media_resources,
-                            progress=ProgressLog("media clips", log))
+                            progress=ProgressLog("media clips", log),
+                            ordered=recipe.deterministic)
     stats = read_stats(cache)
     log.info("media: %d/%d clips usable, face found in %.0f%%, %d failed (see %s/stats.json)",
              stats["ok"], stats["clips"], 100 * stats["face_found_rate"], stats["failed"], cache)
@@ -131,6 +133,7 @@ def _record_evaluation(run: RunDir, results: dict, stage: str, request: EvalRequ
                                 "lineage": read_lineage(request.model),
                                 "metrics": metrics["tasks"]}
     results["baseline"] = metrics["baseline"]
+    results["digest"] = results_digest(results)
     run.metrics_file.write_text(json.dumps(results, indent=2, default=float))
 
 
@@ -140,7 +143,17 @@ def _previous_results(run: RunDir) -> dict:
     return {"stages": {}}
 
 
+def results_digest(results: dict) -> str:
+    """A digest of every stage's metrics and logged losses: two runs of a deterministic
+    recipe with the same data and seed on the same worker count print the same one."""
+    return metrics_digest({name: {"metrics": r["metrics"], "losses": r["lineage"]["losses"]}
+                           for name, r in results["stages"].items()})
+
+
 def results_table(results: dict) -> str:
+    """The metrics per task after each stage beside the baseline, and their digest."""
     columns = {name: r["metrics"] for name, r in results["stages"].items()}
     columns["majority baseline"] = results["baseline"]
-    return table(columns)
+    return (f"{table(columns)}\n\nmetrics digest {results_digest(results)} (every stage's "
+            "metrics and logged losses: a deterministic run with the same recipe, data and "
+            "seed on the same worker count prints the same)")

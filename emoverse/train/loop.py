@@ -24,6 +24,9 @@ class LoopState:
     epoch_step: int = 0  # optimizer steps into the current epoch
     samples: int = 0
     losses: list[float] = field(default_factory=list)  # mean loss per logged window
+    # The losses since the last logged window, so a run resumed mid-window logs what the
+    # uninterrupted one logs.
+    window: list[float] = field(default_factory=list)
     data_wait: float = 0.0  # seconds spent waiting for batches
     compute: float = 0.0  # seconds spent in forward/backward/step
     callbacks: float = 0.0  # seconds spent logging, reporting and checkpointing
@@ -56,18 +59,19 @@ def train_epochs(engine: Engine, epoch_batches: Callable[[int], Iterable[dict]],
                  stage: StageConfig, total_steps: int, state: LoopState | None = None,
                  on_log: Callable[[LoopState, dict], None] | None = None,
                  on_checkpoint: Callable[[LoopState, dict, bool], None] | None = None,
-                 ) -> LoopState:
+                 on_batch: Callable[[int, int], None] | None = None) -> LoopState:
     """Train until the stage's epochs or `total_steps`; returns the final loop state.
 
     `on_checkpoint(state, metrics, final)` runs every `stage.checkpoint_every` steps, at
     each epoch's end and once more when training ends (`final`), on every worker alike.
+    `on_batch(epoch, micro_batch)` runs before each micro-batch's forward pass (to seed it).
     """
     state = state or LoopState()
     engine.module.train()
-    window: list[float] = []
 
     def checkpoint(final: bool) -> None:
         if on_checkpoint:
+            window = state.window
             mean = sum(window) / len(window) if window else (state.losses or [float("nan")])[-1]
             on_checkpoint(state, {"loss": mean}, final)
 
@@ -81,9 +85,11 @@ def train_epochs(engine: Engine, epoch_batches: Callable[[int], Iterable[dict]],
             state.data_wait += start - tick
             if micro == skip:
                 state.epoch_start_wait += start - tick
+            if on_batch:
+                on_batch(state.epoch, micro)
             loss = engine.forward(batch)
             stepped = engine.backward(loss)
-            window.append(float(loss.detach()))
+            state.window.append(float(loss.detach()))
             state.samples += int(batch["input_ids"].shape[0])
             tick = time.perf_counter()
             state.compute += tick - start
@@ -92,9 +98,9 @@ def train_epochs(engine: Engine, epoch_batches: Callable[[int], Iterable[dict]],
             state.step += 1
             state.epoch_step += 1
             if on_log and state.step % stage.log_every == 0:
-                state.losses.append(sum(window) / len(window))
+                state.losses.append(sum(state.window) / len(state.window))
+                state.window = []
                 on_log(state, {"loss": state.losses[-1], **stepped})
-                window = []
             if state.step >= total_steps:
                 break
             if stage.checkpoint_every and state.step % stage.checkpoint_every == 0:

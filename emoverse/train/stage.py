@@ -34,6 +34,7 @@ from emoverse.phase_clock import Countdown
 from emoverse.recipe import StageConfig
 from emoverse.train.engine import make_engine
 from emoverse.train.loop import LoopState, train_epochs
+from emoverse.train.reproducibility import batch_seed, use_deterministic_torch
 
 log = logger(__name__)
 LOOP_STATE = "loop_state.json"  # the loop's position, in every resumable checkpoint
@@ -71,6 +72,9 @@ class StageJob:
     validate: bool = False  # ask the runtime to validate the final checkpoint
     frame_size: int | None = None  # media.size: the processor takes frames at this size
     predict: PredictJob | None = None  # answer the session's evaluation rows at the end
+    # torch's deterministic algorithms and a seed per micro-batch (the recipe's
+    # `deterministic`; the session must then give each process a fixed share of the data)
+    deterministic: bool = False
 
     def __post_init__(self):
         if self.predict and self.stage.strategy.kind != "ddp":
@@ -120,6 +124,8 @@ def train(job: StageJob, session: Session) -> LoopState:
 
     stage, main = job.stage, session.rank == 0
     torch.set_num_threads(job.torch_threads)
+    if job.deterministic:
+        use_deterministic_torch()
     torch.manual_seed(stage.seed)
     processor = load_processor(job.init_from)
     if job.frame_size:  # saved with the checkpoint, so evaluation and serving see the same
@@ -140,6 +146,7 @@ def train(job: StageJob, session: Session) -> LoopState:
                     config.use_cache = False  # no KV cache to keep when recomputing
             model.gradient_checkpointing_enable(
                 gradient_checkpointing_kwargs={"use_reentrant": False})
+        torch.manual_seed(stage.seed)  # new parameters (LoRA) start the same in every run
         model = apply_trainable(model, stage.trainable)
         if main:
             log.info("[%s] %s", stage.name, trainable_summary(model))
@@ -198,8 +205,12 @@ def train(job: StageJob, session: Session) -> LoopState:
                            checkpoint=Path(tmp) if written else None,
                            validate=bool(final and job.validate and written))
 
+    def seed_batch(epoch: int, micro_batch: int) -> None:
+        torch.manual_seed(batch_seed(stage.seed, session.rank, epoch, micro_batch))
+
     return train_epochs(engine, epoch_batches, stage, job.total_steps, state, on_log=on_log,
-                        on_checkpoint=on_checkpoint)
+                        on_checkpoint=on_checkpoint,
+                        on_batch=seed_batch if job.deterministic else None)
 
 
 def share_of(rows: pd.DataFrame, rank: int, world_size: int) -> pd.DataFrame:

@@ -90,13 +90,21 @@ def test_a_killed_worker_is_replaced_and_resumes_at_the_checkpointed_step(tiny_m
     ray.shutdown()
 
 
-def test_a_restarted_driver_resumes_the_run(tmp_path):
+def test_a_restarted_driver_resumes_the_run_on_the_batches_it_would_have_seen(tmp_path):
+    import torch
+
+    from emoverse.model.checkpoint import load_model
+
     recipe = {"name": "resume-test", "base_model": "tiny", "data": {"demo_size": 80},
-              "media": MEDIA, "stages": [long_stage()]}
+              "deterministic": True, "media": MEDIA, "stages": [{**long_stage(), "epochs": 2}]}
     (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(recipe))
     run_dir = tmp_path / "run"
-    cmd = [sys.executable, "-m", "emoverse", "train", str(tmp_path / "recipe.yaml"),
-           "--run-dir", str(run_dir), "--no-eval"]
+
+    def command(run: Path) -> list[str]:
+        return [sys.executable, "-m", "emoverse", "train", str(tmp_path / "recipe.yaml"),
+                "--run-dir", str(run), "--no-eval"]
+
+    cmd = command(run_dir)
     env = {**os.environ, "RAY_ADDRESS": ""}
     first = subprocess.Popen(cmd, env=env, start_new_session=True, stdout=subprocess.DEVNULL,
                              stderr=subprocess.DEVNULL)
@@ -113,6 +121,18 @@ def test_a_restarted_driver_resumes_the_run(tmp_path):
     assert lineage["resumed_at_step"] in (killed_after, killed_after - 10)
     assert lineage["resumed_at_step"] > 0
     assert lineage["step"] > lineage["resumed_at_step"]
+
+    # The deterministic recipe uninterrupted: the same losses at every logged step, the
+    # same weights.
+    whole = subprocess.run(command(tmp_path / "whole"), env=env, capture_output=True,
+                           text=True, timeout=600)
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    uninterrupted = read_lineage(tmp_path / "whole" / "checkpoints" / "stage1")
+    assert uninterrupted["losses"] == lineage["losses"]
+    a = load_model(tmp_path / "whole" / "checkpoints" / "stage1").state_dict()
+    b = load_model(run_dir / "checkpoints" / "stage1").state_dict()
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=0, atol=0, msg=name)
 
 
 def test_a_stage_runs_with_the_deepspeed_zero2_strategy(tiny_model, demo_set, tmp_path):

@@ -35,6 +35,19 @@ def _train(args) -> int:
     return 0
 
 
+def _ablate(args) -> int:
+    from emoverse.drivers.ablation import ablation_table, run_ablation
+    from emoverse.recipe import load_recipe
+
+    recipe = load_recipe(args.recipe, args.overrides)  # bad overrides fail before any work
+    out = args.out or f"runs/ablate-{recipe.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    rows = run_ablation(recipe, out, args.seeds)
+    print()
+    print(ablation_table(rows, args.seeds))
+    log.info(f"runs and ablation.json under {Path(out).resolve()}")
+    return 0
+
+
 def _export(args) -> int:
     from emoverse.model.export import export_model
     from emoverse.rundir import resolve_checkpoint
@@ -92,6 +105,23 @@ def register(sub) -> None:
                             "finished in --run-dir")
     train.add_argument("--no-eval", action="store_true", help="skip the per-stage evaluation")
     train.set_defaults(func=_train)
+
+    ablate = sub.add_parser(
+        "ablate", help="does staging help? a recipe's stages against one stage on their union",
+        description="Train the recipe as written and as one stage on the union of its "
+                    "mixtures with the same total samples (the first stage's settings), "
+                    "with each seed, on one base model, data set and media cache; evaluate "
+                    "each run and print every task's metric after the last stage, mean and "
+                    "spread over the seeds, side by side. Runs already finished under --out "
+                    "are reused.")
+    ablate.add_argument("recipe", help="shipped recipe name or recipe YAML file")
+    ablate.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                        help="recipe overrides, applied to both arms")
+    ablate.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
+                        help="run seeds (default: 0 1 2)")
+    ablate.add_argument("--out", help="directory of the runs (default: "
+                                      "runs/ablate-<recipe>-<time>); give it again to resume")
+    ablate.set_defaults(func=_ablate)
 
     export = sub.add_parser(
         "export", help="merge a run's adapters into a standalone Hugging Face model",

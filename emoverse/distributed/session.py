@@ -30,13 +30,20 @@ def ensure_ray(num_cpus: int | None = None) -> None:
                                   "env_vars": _quiet_worker_env()})
     import ray.data
 
-    # One overall progress line per dataset; per-operator bars swamp a log file.
-    ctx = ray.data.DataContext.get_current()
-    ctx.enable_operator_progress_bars = False
+    quiet_progress(ray.data.DataContext.get_current())
+
+
+def quiet_progress(context) -> None:
+    """Ray Data's progress bars in `context` (a DataContext): one overall line per dataset,
+    or none on a local instance. A dataset copies the context of the process that makes
+    it, so datasets made in a Ray worker (a sweep trial) need this too."""
+    # Per-operator bars swamp a log file.
+    context.enable_operator_progress_bars = False
     if not joins_cluster():
         # Our own lines say how the phases progress (with the time left); Ray Data's log a
-        # banner every 10 s in a log file and redraw bars in worker logs.
-        ctx.enable_progress_bars = False
+        # banner every 10 s in a log file and redraw bars in worker logs (a sweep trial's
+        # per-worker datasets drew thousands of lines).
+        context.enable_progress_bars = False
 
 
 def _quiet_worker_env() -> dict[str, str]:

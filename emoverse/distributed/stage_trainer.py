@@ -1,7 +1,8 @@
 """Run one M2SE stage on Ray Train: the thin adapter around `emoverse.train.stage.train`.
 
 The driver realises the stage's mixture over the media cache, builds a Ray Dataset that
-repeats each row by its multiplicity, and fits a `TorchTrainer` whose workers run
+repeats each row by its multiplicity (in a deterministic run, one per worker: its seeded
+share, `train_datasets`), and fits a `TorchTrainer` whose workers run
 `emoverse.distributed.train_worker.worker_loop`. Ray Train restarts a failed worker group
 (`FailureConfig`) from the latest checkpoint, and re-running a stage with the same run
 directory (the same `RunConfig(storage_path, name)`) resumes it after a driver restart.
@@ -17,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from emoverse.distributed.session import driver_dataset, train_log_level
+from emoverse.distributed.session import driver_dataset, quiet_progress, train_log_level
 from emoverse.distributed.train_worker import shard_name, worker_loop
 from emoverse.media.cache import clip_files, read_rows
 from emoverse.emt.mixture import realise
@@ -157,6 +158,8 @@ def train_datasets(cache_dir: str | Path, multiplicity: dict[str, int], stage: S
                  .map_batches(repeat_rows, batch_format="numpy", fn_kwargs={
                      "multiplicity": dict(Counter(share)), "seed": stage.seed})
                  for share in shares]
+    for ds in built:
+        quiet_progress(ds.context)
     if not deterministic:
         return {shard_name(None): built[0]}, None
     # the driver's options (what Ray Train would apply), in order

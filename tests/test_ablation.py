@@ -64,10 +64,15 @@ def test_ablate_trains_both_arms_and_reuses_finished_runs(tmp_path):
         "data.demo_size=160", "media.detector=haar", "stages.0.epochs=1",
         "stages.0.epoch_size=64", "stages.1.epochs=1", "stages.1.epoch_size=64",
         "eval.max_new_tokens=4"])
-    rows = run_ablation(recipe, tmp_path, seeds=[0])
+    import ray
+
+    try:
+        rows = run_ablation(recipe, tmp_path, seeds=[0])
+        again = run_ablation(recipe, tmp_path, seeds=[0])  # every run finished: nothing trains
+    finally:
+        ray.shutdown()  # the runs started a local Ray; later tests start their own
     assert {r["task"] for r in rows} == {"msa", "fer", "mer", "eri", "ecpe"}
     assert all(len(r["staged"]) == len(r["single"]) == 1 for r in rows)
     saved = yaml.safe_load((tmp_path / "ablation.json").read_text())
     assert saved["rows"] == rows and saved["single_stage"]["name"] == "single-stage-union"
-    again = run_ablation(recipe, tmp_path, seeds=[0])  # every run finished: nothing trains
     assert again == rows

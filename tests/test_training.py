@@ -30,7 +30,12 @@ def long_stage(name: str = "stage1") -> dict:
 
 def latest_step(storage: Path) -> int:
     """The step of the newest resumable checkpoint Ray Train has persisted under `storage`."""
-    steps = [json.loads(p.read_text())["step"] for p in storage.glob("*/checkpoint_*/loop_state.json")]
+    steps = []
+    for path in storage.glob("*/checkpoint_*/loop_state.json"):
+        try:
+            steps.append(json.loads(path.read_text())["step"])
+        except json.JSONDecodeError:  # still being written
+            pass
     return max(steps, default=0)
 
 

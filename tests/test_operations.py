@@ -350,6 +350,14 @@ def test_the_ray_service_serves_from_the_volume_with_its_generated_serve_config(
     assert args.gateway.autoscaling and args.gateway.num_gpus == 0
     groups = {g["groupName"]: g for g in service["rayClusterConfig"]["workerGroupSpecs"]}
     assert groups["gpu"]["maxReplicas"] >= args.model_server.autoscaling.max_replicas
+    # API keys: the file the gateways read comes from the Secret, wherever they land
+    keys_dir = str(Path(args.auth.api_keys_file).parent)
+    for group in groups.values():
+        pod = group["template"]["spec"]
+        mount = next(m for m in pod["containers"][0]["volumeMounts"]
+                     if m["mountPath"] == keys_dir)
+        volume = next(v for v in pod["volumes"] if v["name"] == mount["name"])
+        assert volume["secret"]["secretName"] == "emoverse-api-keys"
     # It is `emoverse serve build`'s output for the command the manifest gives.
     text = (ROOT / "k8s" / "rayservice.yaml").read_text()
     command = re.search(r"^#\s+(emoverse serve build .*)$", text, re.M).group(1)

@@ -293,34 +293,276 @@ class PoolBackend:
     async def generate(self, model_id, job):
         return (await asyncio.to_thread(self.engine.generate, model_id, [job]))[0]
 
+    async def stream(self, model_id, job):
+        async for step in self.engine.stream(model_id, [job]):
+            if step[0] is not None:
+                yield step[0]
+
     async def status(self):
         return {"loaded": self.engine.loaded}
 
 
-def test_the_app_without_ray(served_run, demo_set, manifest):
-    from fastapi.testclient import TestClient
+KEY = "sk-test-0123456789"
 
-    from emoverse.serving.api import create_app
+
+@pytest.fixture(scope="module")
+def app_service(served_run, demo_set):
+    """The app's Service over an in-process model pool, one API key, telemetry recorded."""
+    from emoverse.serving.auth import ApiKeys
     from emoverse.serving.model_pool import ModelPool
     from emoverse.serving.requests import Service
+    from emoverse.serving.telemetry import Recorded
 
     args = ServeArgs(model=str(served_run), media_root=str(demo_set.parent),
                      limits={"max_upload_mb": 0.25})
-    service = Service.create(args, None)
+    service = Service.create(args, None, Recorded())
+    service.keys = ApiKeys("KEYS", environ={"KEYS": f"{KEY}, sk-other"})
     service.backend = PoolBackend(ModelPool(service.catalog))
-    client = TestClient(create_app(service))
+    return service
+
+
+@pytest.fixture(scope="module")
+def client(app_service):
+    from fastapi.testclient import TestClient
+
+    from emoverse.serving.api import create_app
+
+    return TestClient(create_app(app_service), headers={"Authorization": f"Bearer {KEY}"})
+
+
+def test_the_app_without_ray(client, app_service, manifest):
     row = row_of(manifest, "msa")
     body = {"task": "msa", "transcript": row.transcript, "video_path": rel(row)}
     answer = client.post("/v1/analyze", json=body).json()
     assert answer["answer"] == {"label": "positive"} and answer["model"] == STAGE2
+    assert answer["frames"] is None
     # a body streamed without a length is cut off at the limit
     chunks = (b"x" * 65536 for _ in range(40))  # 2.5 MiB
     r = client.post("/v1/analyze", content=chunks, headers={"content-type": "application/json"})
     assert r.status_code == 413 and r.json()["error"]["field"] == "body"
-    assert client.get("/healthz").json()["model_server"]["loaded"] == [STAGE2]
+    assert STAGE2 in client.get("/healthz").json()["model_server"]["loaded"]
+    statuses = [(route, task, status) for route, task, _, status, _ in
+                app_service.telemetry.requests]
+    assert ("/v1/analyze", "msa", 200) in statuses and ("/v1/analyze", "none", 413) in statuses
+    task, model, *_, face_found, parsed = app_service.telemetry.answers[-1]
+    assert (task, model, parsed) == ("msa", STAGE2, True)
+
+
+def test_api_keys_from_the_environment_and_a_rotated_file(tmp_path, caplog):
+    from emoverse.serving.auth import ApiKeys
+    from emoverse.serving.errors import ServingError
+
+    keys_file = tmp_path / "keys"
+    keys_file.write_text("# one key per line\nsk-file-1  # ops\n\n")
+    keys = ApiKeys("KEYS", str(keys_file), environ={"KEYS": "sk-env-1,sk-env-2"})
+    assert keys.required and "3 API key(s) from $KEYS and" in keys.describe()
+    for good in ("Bearer sk-env-2", "bearer sk-file-1", "Bearer  sk-env-1 "):
+        keys.check(good)
+    for bad, words in [(None, "missing API key"), ("sk-env-1", "missing API key"),
+                       ("Basic sk-env-1", "missing API key"), ("Bearer sk-nope", "invalid"),
+                       ("Bearer ", "missing API key")]:
+        with pytest.raises(ServingError, match=words) as info:
+            keys.check(bad)
+        assert info.value.status == 401 and "sk-" not in str(info.value)
+    keys_file.write_text("sk-file-2\n")  # a rotated Secret
+    os.utime(keys_file, ns=(1, 1))
+    keys.check("Bearer sk-file-2")
+    with pytest.raises(ServingError):
+        keys.check("Bearer sk-file-1")
+    assert not ApiKeys("KEYS", environ={}).required
+    ApiKeys("KEYS", environ={}).check(None)  # open without keys
+    with pytest.raises(FileNotFoundError, match="auth.api_keys_file: no file"):
+        ApiKeys(None, str(tmp_path / "missing"))
+    assert "sk-" not in caplog.text
+
+
+def test_keys_guard_the_api_but_not_health_or_the_page(client):
+    assert client.get("/healthz", headers={"Authorization": ""}).json()["auth"] is True
+    page = client.get("/", headers={"Authorization": ""})
+    assert page.status_code == 200 and 'id="clip-file"' in page.text
+    for headers, words in [({"Authorization": ""}, "missing API key"),
+                           ({"Authorization": "Bearer sk-wrong"}, "invalid API key")]:
+        r = client.get("/v1/models", headers=headers)
+        assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer"
+        error = r.json()["error"]
+        assert error["field"] == "authorization" and error["status"] == 401
+        assert error["message"].startswith(f"authorization: {words}")
+        r = client.post("/v1/analyze", headers=headers, json={"task": "msa"})
+        assert r.status_code == 401
+    assert client.get("/v1/models", headers={"Authorization": "Bearer sk-other"}).status_code == 200
+
+
+def test_deeply_nested_json_is_a_400_not_a_crash(client):
+    for depth in (33, 1000, 100_000):
+        body = "[" * depth + "]" * depth
+        r = client.post("/v1/chat/completions", content=body,
+                        headers={"content-type": "application/json"})
+        assert r.status_code == 400, (depth, r.text)
+        assert r.json()["error"]["message"] == "body: JSON nested deeper than 32 levels"
+    conversation = '[{"speaker": "A", "text": "hi", "emotion": "joy", "x": ' + "[" * 5000 \
+        + "]" * 5000 + "}]"
+    r = client.post("/v1/analyze", data={"task": "ecpe", "conversation": conversation},
+                    files={"video": ("a.mp4", b"0", "video/mp4")})
+    assert r.status_code == 400 and r.json()["error"]["field"] == "conversation"
+    r = client.post("/v1/analyze", json={"task": "msa", "stream": True})
+    assert r.status_code == 400 and "stream from /v1/chat/completions" in r.text
+
+
+def test_the_page_lists_clips_and_gets_the_face_crops(client, manifest):
+    clips = client.get("/v1/clips").json()
+    assert {"path": rel(row_of(manifest, "fer")), "size": Path(
+        row_of(manifest, "fer").media_path).stat().st_size} in clips["data"]
+    assert not clips["truncated"] and all(c["path"].endswith(".mp4") for c in clips["data"])
+    row = row_of(manifest, "fer")
+    with open(row.media_path, "rb") as f:
+        out = client.post("/v1/analyze", data={"task": "fer", "include_frames": "true"},
+                          files={"video": ("clip.mp4", f, "video/mp4")}).json()
+    assert len(out["frames"]) == 4 and out["frames"][0].startswith("data:image/jpeg;base64,")
+    crop = np.frombuffer(base64.b64decode(out["frames"][0].split(",", 1)[1]), np.uint8)
+    import cv2
+    assert cv2.imdecode(crop, cv2.IMREAD_COLOR).shape == (56, 56, 3)
+
+
+def sse_events(lines) -> list:
+    events = [line.removeprefix("data: ") for line in lines if line.startswith("data: ")]
+    assert events[-1] == "[DONE]"
+    return [json.loads(e) for e in events[:-1]]
+
+
+def test_streamed_chat_adds_up_to_the_whole_answer(client, app_service, manifest):
+    row = row_of(manifest, "eri")
+    body = {"model": STAGE1, "task": "eri", "max_tokens": 12, "messages": [{"role": "user",
+            "content": [{"type": "video_url", "video_url": {"url": rel(row)}},
+                        {"type": "text", "text": row.transcript}]}]}
+    whole = client.post("/v1/chat/completions", json=body).json()
+    with client.stream("POST", "/v1/chat/completions", json={
+            **body, "stream": True, "stream_options": {"include_usage": True}}) as r:
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+        chunks = sse_events(r.iter_lines())
+    assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+    text = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks if c["choices"])
+    assert text == whole["choices"][0]["message"]["content"]
+    assert len([c for c in chunks if c["choices"] and c["choices"][0]["delta"].get("content")]) > 1
+    finish = [c for c in chunks if c["choices"] and c["choices"][0].get("finish_reason")]
+    assert [c["choices"][0]["finish_reason"] for c in finish] == [whole["choices"][0][
+        "finish_reason"]]
+    assert finish[0]["emoverse"]["task"] == "eri"
+    assert chunks[-1]["choices"] == [] and chunks[-1]["usage"] == whole["usage"]
+    assert {c["id"] for c in chunks} == {chunks[0]["id"]}
+    assert app_service.telemetry.first_tokens[-1][0] == STAGE1
+
+
+def test_model_pool_streams_what_it_generates(served_run, manifest):
+    from emoverse.media.clips import process_clip
+    from emoverse.media.faces import detector_for
+    from emoverse.serving.catalog import build_catalog
+    from emoverse.serving.model_pool import Job, ModelPool
+
+    catalog = build_catalog(ServeArgs(model=str(served_run)))
+    rows = manifest[manifest.task.isin(["eri", "msa"])].groupby("task").head(2)
+    detector = detector_for(catalog.media)
+    jobs = [Job(p, process_clip(m, catalog.media, detector).frames, budget)
+            for p, m, budget in zip(rows.prompt, rows.media_path, [3, 9, 1, 12])]
+    pool = ModelPool(catalog)
+
+    async def streamed(model_id):
+        texts, done = [""] * len(jobs), [None] * len(jobs)
+        async for step in pool.stream(model_id, jobs):
+            for i, delta in enumerate(step):
+                if delta is not None:
+                    assert done[i] is None, "a delta after the row was done"
+                    texts[i] += delta.text
+                    done[i] = delta.done
+        return texts, done
+
+    for model_id in (STAGE1, STAGE2):
+        whole = pool.generate(model_id, jobs)
+        texts, done = asyncio.run(streamed(model_id))
+        assert texts == [g.text for g in whole]
+        assert [(d.completion_tokens, d.prompt_tokens, d.batch_size) for d in done] == [
+            (g.completion_tokens, g.prompt_tokens, g.batch_size) for g in whole]
+        assert all(d.completion_tokens <= j.max_new_tokens for d, j in zip(done, jobs))
+
+
+def test_openapi_describes_every_body_and_refusal(client):
+    spec = client.get("/openapi.json", headers={"Authorization": ""}).json()
+    analyze = spec["paths"]["/v1/analyze"]["post"]
+    assert set(analyze["requestBody"]["content"]) == {"application/json",
+                                                      "multipart/form-data"}
+    form = spec["components"]["schemas"]["AnalyzeForm"]["properties"]
+    assert form["video"]["format"] == "binary" and "task" in form
+    chat = spec["paths"]["/v1/chat/completions"]["post"]
+    assert set(chat["responses"]["200"]["content"]) == {"application/json", "text/event-stream"}
+    for path in ("/v1/analyze", "/v1/chat/completions", "/v1/models", "/v1/clips"):
+        for operation in spec["paths"][path].values():
+            assert operation["responses"]["401"]["content"]["application/json"]["schema"] == {
+                "$ref": "#/components/schemas/ErrorBody"}
+    refs = set()
+
+    def collect(node):
+        if isinstance(node, dict):
+            refs.update([node["$ref"]] if "$ref" in node else [])
+            for value in node.values():
+                collect(value)
+        elif isinstance(node, list):
+            for value in node:
+                collect(value)
+
+    collect(spec)
+    assert {r.rsplit("/", 1)[1] for r in refs} <= set(spec["components"]["schemas"])
+
+
+def test_fuzzed_requests_never_get_a_5xx(client):
+    """schemathesis generates requests from /openapi.json, valid and not, for every
+    operation: each answer is a documented status with a documented content type, never
+    a 5xx."""
+    import schemathesis
+    from hypothesis import HealthCheck, given, settings
+    from schemathesis.checks import (content_type_conformance, not_a_server_error,
+                                     status_code_conformance)
+
+    schema = schemathesis.openapi.from_asgi("/openapi.json", client.app)
+    operations = [result.ok() for result in schema.get_all_operations()]
+    assert {op.label for op in operations} >= {"POST /v1/analyze", "POST /v1/chat/completions",
+                                               "GET /v1/models", "GET /v1/clips", "GET /healthz"}
+    for operation in operations:
+        @given(case=operation.as_strategy())
+        @settings(max_examples=40, deadline=None, derandomize=True, database=None,
+                  suppress_health_check=list(HealthCheck))
+        def fuzz(case):
+            response = case.call(headers={"Authorization": f"Bearer {KEY}"})
+            case.validate_response(response, checks=[
+                not_a_server_error, status_code_conformance, content_type_conformance])
+
+        fuzz()
+
+
+def test_local_autoscaling_fits_the_machine():
+    from emoverse.serving.config import sized_for_local
+
+    args = ServeArgs(model="m")
+    sized, change = sized_for_local(args, cpus=2, gpus=0)
+    assert sized.model_server.autoscaling.max_replicas == 1 and "2 -> 1" in change
+    assert sized.model_server.autoscaling.min_replicas == 1
+    assert sized_for_local(args, cpus=8, gpus=0) == (args, None)  # room for 2: as configured
+    gpu = ServeArgs(model="m", model_server={"num_gpus": 1})
+    assert sized_for_local(gpu, cpus=16, gpus=1)[0].model_server.autoscaling.max_replicas == 1
+    chosen = ServeArgs(model="m", model_server={"autoscaling": {"max_replicas": 4}})
+    assert sized_for_local(chosen, cpus=2, gpus=0) == (chosen, None)  # the user's choice
+    fixed = ServeArgs(model="m", model_server={"autoscaling": None, "num_replicas": 2})
+    assert sized_for_local(fixed, cpus=2, gpus=0) == (fixed, None)
 
 
 # ---------------------------------------------------------------- on Ray Serve
+
+def http():
+    """A client session carrying the test server's API key."""
+    import requests
+
+    session = requests.Session()
+    session.headers["Authorization"] = f"Bearer {KEY}"
+    return session
+
 
 
 def free_port() -> int:
@@ -344,6 +586,8 @@ def server(served_run, demo_set, tmp_path_factory):
     (root / "link.mp4").symlink_to(outside / "secret.mp4")
     write_clip(root / "long.mp4", 32, 8)  # 4 s
     write_clip(root / "many.mp4", 120, 60)  # 120 frames
+    keys = tmp_path_factory.mktemp("secret") / "api-keys"  # as a mounted Secret would be
+    keys.write_text(f"{KEY}\n")
     args = ServeArgs(
         model=str(served_run), media_root=str(root),
         limits={"max_upload_mb": 0.25, "max_video_seconds": 3, "max_video_frames": 100},
@@ -351,9 +595,9 @@ def server(served_run, demo_set, tmp_path_factory):
         # small queues so that a burst overloads the model deployment
         model_server={"num_cpus": 0.5, "autoscaling": None, "max_ongoing_requests": 4,
                       "max_queued_requests": 2},
-        gateway={"num_cpus": 0.5})
+        gateway={"num_cpus": 0.5}, auth={"api_keys_file": str(keys), "api_keys_env": None})
     port = free_port()
-    ray.init(num_cpus=2, include_dashboard=False)
+    ray.init(num_cpus=2, include_dashboard=False, _metrics_export_port=free_port())
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         serve.run(build_app(args), name="emoverse", route_prefix="/")
@@ -364,23 +608,19 @@ def server(served_run, demo_set, tmp_path_factory):
 
 
 def analyze(url, manifest, task="msa", header=None, **extra):
-    import requests
-
     row = row_of(manifest, task)
     body = {"task": task, "transcript": row.transcript, "video_path": rel(row), **extra}
     if task == "ecpe":
         body["conversation"] = [dict(u) for u in row.context]
     headers = {"serve_multiplexed_model_id": header} if header else {}
-    return requests.post(f"{url}/v1/analyze", json=body, headers=headers, timeout=60)
+    return http().post(f"{url}/v1/analyze", json=body, headers=headers, timeout=60)
 
 
 @pytest.mark.integration
 def test_health_and_models(server):
-    import requests
-
-    health = requests.get(f"{server}/healthz", timeout=30).json()
+    health = http().get(f"{server}/healthz", timeout=30).json()
     assert health["status"] == "ok" and health["default_model"] == STAGE2
-    models = requests.get(f"{server}/v1/models", timeout=30).json()
+    models = http().get(f"{server}/v1/models", timeout=30).json()
     assert [(m["id"], m["kind"], m["default"]) for m in models["data"]] == [
         (STAGE1, "weights", False), (STAGE2, "adapter", True)]
 
@@ -409,11 +649,9 @@ def test_analyze_every_task_with_real_clips(server, manifest):
 
 @pytest.mark.integration
 def test_analyze_a_multipart_upload(server, manifest):
-    import requests
-
     row = row_of(manifest, "mer")
     with open(row.media_path, "rb") as f:
-        r = requests.post(f"{server}/v1/analyze", timeout=60,
+        r = http().post(f"{server}/v1/analyze", timeout=60,
                           data={"task": "mer", "transcript": row.transcript, "model": STAGE1},
                           files={"video": ("clip.mp4", f, "video/mp4")})
     assert r.status_code == 200, r.text
@@ -422,8 +660,6 @@ def test_analyze_a_multipart_upload(server, manifest):
 
 @pytest.mark.integration
 def test_chat_completions_with_a_video_part(server, manifest):
-    import requests
-
     row = row_of(manifest, "msa")
     data = base64.b64encode(Path(row.media_path).read_bytes()).decode()
     for model, url, label in [(STAGE2, f"data:video/mp4;base64,{data}", "positive"),
@@ -432,7 +668,7 @@ def test_chat_completions_with_a_video_part(server, manifest):
             {"role": "system", "content": "ignored"},
             {"role": "user", "content": [{"type": "video_url", "video_url": {"url": url}},
                                          {"type": "text", "text": row.transcript}]}]}
-        r = requests.post(f"{server}/v1/chat/completions", json=body, timeout=60)
+        r = http().post(f"{server}/v1/chat/completions", json=body, timeout=60)
         assert r.status_code == 200, r.text
         out = r.json()
         assert out["object"] == "chat.completion" and out["model"] == model
@@ -441,7 +677,7 @@ def test_chat_completions_with_a_video_part(server, manifest):
     # without `task`, the text is the prompt verbatim (here the training prompt)
     body["messages"][1]["content"][1]["text"] = row.prompt
     del body["task"]
-    out = requests.post(f"{server}/v1/chat/completions", json=body, timeout=60).json()
+    out = http().post(f"{server}/v1/chat/completions", json=body, timeout=60).json()
     assert out["emoverse"]["task"] == "msa" and out["emoverse"]["answer"] == {"label": "negative"}
 
 
@@ -492,10 +728,8 @@ BAD_ANALYZE = {
 @pytest.mark.integration
 @pytest.mark.parametrize("name", list(BAD_ANALYZE))
 def test_bad_input_is_a_4xx_naming_the_input(server, name):
-    import requests
-
     kwargs, status, field, words = BAD_ANALYZE[name]
-    r = requests.post(f"{server}/v1/analyze", timeout=60, **kwargs)
+    r = http().post(f"{server}/v1/analyze", timeout=60, **kwargs)
     assert r.status_code == status, r.text
     error = r.json()["error"]
     assert error["field"] == field and words in error["message"], error
@@ -503,7 +737,7 @@ def test_bad_input_is_a_4xx_naming_the_input(server, name):
 
 @pytest.mark.integration
 @pytest.mark.parametrize("change, status, words", [
-    ({"stream": True}, 400, "streaming is not supported"),
+    ({"n": 2}, 400, "only n=1 is supported"),
     ({"messages": []}, 422, "messages"),
     ({"max_tokens": 10_000}, 422, "over the 256-token cap"),
     ({"video": "https://example.com/a.mp4"}, 400, "remote video URLs are not fetched"),
@@ -511,25 +745,164 @@ def test_bad_input_is_a_4xx_naming_the_input(server, name):
     ({"video": "../../etc/passwd"}, 403, "outside the media root"),
 ])
 def test_bad_chat_input_is_a_4xx(server, change, status, words):
-    import requests
-
     video = change.pop("video", "clips/none.mp4")
     body = {"model": STAGE2, "task": "fer", "messages": [{"role": "user", "content": [
         {"type": "video_url", "video_url": {"url": video}}]}], **change}
-    r = requests.post(f"{server}/v1/chat/completions", json=body, timeout=60)
+    r = http().post(f"{server}/v1/chat/completions", json=body, timeout=60)
     assert r.status_code == status and words in r.json()["error"]["message"], r.text
 
 
 @pytest.mark.integration
 def test_overload_answers_503_and_the_server_keeps_serving(server, manifest):
-    import requests
-
     # 32 at once overrun the model deployment's 4 ongoing + 2 queued requests
     with ThreadPoolExecutor(32) as pool:
         codes = list(pool.map(lambda _: analyze(server, manifest, task="mer").status_code,
                               range(32)))
     assert set(codes) <= {200, 503} and codes.count(503) > 0 and codes.count(200) >= 4
-    r = requests.post(f"{server}/v1/analyze", timeout=60, json={"task": "eri"})
+    r = http().post(f"{server}/v1/analyze", timeout=60, json={"task": "eri"})
     assert r.status_code == 422
     assert analyze(server, manifest).json()["answer"] == {"label": "positive"}
-    assert requests.get(f"{server}/healthz", timeout=30).status_code == 200
+    assert http().get(f"{server}/healthz", timeout=30).status_code == 200
+
+
+@pytest.mark.integration
+def test_the_openai_client_streams_and_keys_are_checked(server, manifest):
+    import openai
+
+    row = row_of(manifest, "msa")
+    messages = [{"role": "user", "content": [
+        {"type": "video_url", "video_url": {"url": rel(row)}},
+        {"type": "text", "text": row.transcript}]}]
+    client = openai.OpenAI(base_url=f"{server}/v1", api_key=KEY, max_retries=0)
+    assert [m.id for m in client.models.list()] == [STAGE1, STAGE2]
+    whole = client.chat.completions.create(model=STAGE2, messages=messages,
+                                           extra_body={"task": "msa"})
+    stream = client.chat.completions.create(model=STAGE2, messages=messages, stream=True,
+                                            stream_options={"include_usage": True},
+                                            extra_body={"task": "msa"})
+    chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == whole.choices[0].message.content == "Positive."
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == \
+        whole.choices[0].finish_reason
+    assert chunks[-1].usage.total_tokens == whole.usage.total_tokens
+    # several streams at once share generation batches with each other
+    with ThreadPoolExecutor(4) as pool:
+        texts = list(pool.map(lambda _: "".join(
+            c.choices[0].delta.content or "" for c in client.chat.completions.create(
+                model=STAGE1, messages=messages, stream=True, extra_body={"task": "msa"})),
+            range(4)))
+    assert texts == ["Negative."] * 4
+    with pytest.raises(openai.AuthenticationError, match="invalid API key"):
+        openai.OpenAI(base_url=f"{server}/v1", api_key="sk-wrong", max_retries=0
+                      ).chat.completions.create(model=STAGE2, messages=messages)
+    import requests
+
+    r = requests.post(f"{server}/v1/chat/completions", json={}, timeout=30)
+    assert r.status_code == 401 and "missing API key" in r.json()["error"]["message"]
+    assert requests.get(f"{server}/healthz", timeout=30).status_code == 200  # open
+
+
+@pytest.mark.integration
+def test_metrics_reach_the_prometheus_endpoint(server, manifest):
+    import time
+
+    import ray
+    import requests
+
+    analyze(server, manifest, task="fer")
+    node = next(n for n in ray.nodes() if n["Alive"])
+    url = f"http://{node['NodeManagerAddress']}:{node['MetricsExportPort']}/metrics"
+    wanted = ["ray_emoverse_requests_total", "ray_emoverse_request_ms_bucket",
+              "ray_emoverse_media_ms_bucket", "ray_emoverse_queue_ms_bucket",
+              "ray_emoverse_generate_ms_bucket", "ray_emoverse_batch_size_bucket",
+              "ray_emoverse_clips_total", "ray_emoverse_first_token_ms_bucket"]
+    deadline = time.monotonic() + 90  # Ray exports every few seconds
+    while True:
+        text = requests.get(url, timeout=10).text
+        lines = [line for line in text.splitlines() if line.startswith("ray_emoverse_")]
+        missing = [name for name in wanted if not any(line.startswith(name) for line in lines)]
+        if not missing or time.monotonic() > deadline:
+            break
+        time.sleep(2)
+    assert not missing, f"not exported: {missing}"
+    fer_ok = [line for line in lines if line.startswith("ray_emoverse_requests_total")
+              and 'route="/v1/analyze"' in line and 'task="fer"' in line
+              and 'status="200"' in line]
+    assert fer_ok and float(fer_ok[0].rsplit(" ", 1)[1]) >= 1
+    assert any('status="401"' in line for line in lines if "requests_total" in line)
+    assert any('face_found="' in line for line in lines if "clips_total" in line)
+
+
+def browser():
+    """Headless Chromium under Selenium (Debian's chromium and chromium-driver)."""
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    driver = shutil.which("chromedriver")
+    if not (chromium and driver):
+        if os.environ.get("EMOVERSE_REQUIRE_BROWSER"):
+            pytest.fail("chromium and chromedriver are required (apt-get install chromium "
+                        "chromium-driver)")
+        pytest.skip("no chromium / chromedriver here (CI installs them)")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service as ChromeService
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu"):
+        options.add_argument(flag)
+    return webdriver.Chrome(service=ChromeService(executable_path=driver), options=options)
+
+
+@pytest.mark.integration
+def test_the_page_in_a_real_browser(server, manifest, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ready
+    from selenium.webdriver.support.ui import Select, WebDriverWait
+
+    row = row_of(manifest, "mer")
+    big = tmp_path / "big.mp4"
+    big.write_bytes(os.urandom(300_000))  # over the server's 0.25 MiB
+    driver = browser()
+
+    class Waiting(WebDriverWait):
+        def until(self, condition, message=""):
+            try:
+                return super().until(condition, message)
+            except Exception:  # say what the page showed
+                raise AssertionError(f"page error: {driver.find_element(By.ID, 'error').text!r}; "
+                                     f"console: {driver.get_log('browser')}") from None
+
+    try:
+        wait = Waiting(driver, 120)
+        driver.get(server + "/")
+        key = wait.until(ready.visibility_of_element_located((By.ID, "key")))
+        key.send_keys(KEY)
+        key.send_keys("\t")  # change: the page lists the clips with the key
+        wait.until(lambda d: len(Select(d.find_element(By.ID, "clip-select")).options) > 1)
+        assert rel(row) in [o.text for o in Select(driver.find_element(
+            By.ID, "clip-select")).options]
+        driver.find_element(By.ID, "clip-file").send_keys(str(Path(row.media_path).resolve()))
+        driver.find_element(By.ID, "transcript").send_keys(row.transcript)
+        Select(driver.find_element(By.ID, "task")).select_by_value("all")
+        driver.find_element(By.ID, "analyze").click()
+        wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#results .result")) == 5)
+        cards = {c.get_attribute("data-task"): c for c in
+                 driver.find_elements(By.CSS_SELECTOR, "#results .result")}
+        assert sorted(cards) == ["ecpe", "eri", "fer", "mer", "msa"]
+        assert not driver.find_elements(By.CSS_SELECTOR, "#results .failed")
+        for card in cards.values():
+            assert card.find_element(By.CLASS_NAME, "answer").text.strip()
+            assert "ms" in card.find_element(By.CLASS_NAME, "timing").text
+        assert cards["msa"].find_element(By.CLASS_NAME, "answer").text == "positive"
+        crops = driver.find_elements(By.CSS_SELECTOR, "#frames img")
+        assert len(crops) == 4 and all(driver.execute_script(
+            "return arguments[0].complete && arguments[0].naturalWidth", img) == 56
+            for img in crops)
+        # a clip over the upload limit is refused with the server's words
+        driver.find_element(By.ID, "clip-file").send_keys(str(big))
+        driver.find_element(By.ID, "analyze").click()
+        wait.until(lambda d: d.find_element(By.ID, "error").text)
+        assert driver.find_element(By.ID, "error").text == \
+            "video: upload is over the 0.25 MiB limit"
+    finally:
+        driver.quit()

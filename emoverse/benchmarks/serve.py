@@ -1,10 +1,12 @@
 """`emoverse bench serve [--model RUN_OR_MODEL] [--clients 16] [--duration 20]`
 
-A closed-loop load on the serving application, run twice in one go on the same
-requests: with dynamic batching off, then on. Each of CLIENTS threads posts
-`/v1/analyze` requests (the demo set's rows of every task, by path under the media
-root) back to back for DURATION seconds. Prints requests/s, p50/p99 latency, errors and
-the mean batch size of each mode, and the throughput ratio on/off.
+A closed-loop load on the serving application, run three times in one go on the same
+requests: `/v1/analyze` with dynamic batching off, then on, then the same requests as
+streamed chats (`/v1/chat/completions`, `stream: true`, batching on). Each of CLIENTS
+threads sends requests (the demo set's rows of every task, by path under the media
+root) back to back for DURATION seconds. Prints requests/s, p50/p99 latency, time to
+the first token (a whole answer's latency when not streamed), errors and the mean batch
+size of each mode, and the throughput ratios on/off and stream/on.
 
 Without `--model` it serves the tiny random-init model, which never emits its end
 token: every answer is exactly `--new-tokens` tokens, so each request asks the same
@@ -59,13 +61,53 @@ def bench_args(model: str, media_root: Path, batching: bool, clients: int,
         gateway={"num_cpus": 0.5, "max_ongoing_requests": 4 * clients})
 
 
-def closed_loop(url: str, bodies: list[dict], clients: int, duration: float) -> dict:
-    """CLIENTS threads posting back to back until the deadline; latencies and statuses."""
+def chat_body(body: dict) -> dict:
+    """The /v1/analyze body as a streamed chat with emoverse's task fields."""
+    chat = {k: v for k, v in body.items() if k in ("task", "conversation", "target_utterance")}
+    content = [{"type": "video_url", "video_url": {"url": body["video_path"]}}]
+    if body.get("transcript"):
+        content.append({"type": "text", "text": body["transcript"]})
+    return {**chat, "stream": True, "messages": [{"role": "user", "content": content}]}
+
+
+def analyze_once(session, url: str, body: dict, start: float) -> tuple[int, int, float]:
+    """(status, batch size, seconds to the answer) of one /v1/analyze request."""
+    r = session.post(f"{url}/v1/analyze", json=body, timeout=120)
+    return r.status_code, r.json().get("timing", {}).get("batch_size", 0), \
+        time.perf_counter() - start
+
+
+def stream_once(session, url: str, body: dict, start: float) -> tuple[int, int, float]:
+    """(status, batch size, seconds to the first token) of one streamed chat. The server
+    opens the stream once the first token is decoded, so its first event marks it (the
+    tiny random model's tokens often decode to no text at all)."""
+    import json
+
+    first, batch = None, 0
+    with session.post(f"{url}/v1/chat/completions", json=chat_body(body), timeout=120,
+                      stream=True) as r:
+        if r.status_code != 200:
+            return r.status_code, 0, 0.0
+        for line in r.iter_lines(chunk_size=None):  # as the bytes come, not 512 at a time
+            if not line.startswith(b"data: {"):
+                continue
+            first = first or time.perf_counter() - start
+            chunk = json.loads(line[6:])
+            if "error" in chunk:
+                return 500, 0, 0.0
+            if chunk.get("emoverse"):
+                batch = chunk["emoverse"]["timing"]["batch_size"]
+    return 200, batch, first or 0.0
+
+
+def closed_loop(url: str, bodies: list[dict], clients: int, duration: float,
+                send=analyze_once) -> dict:
+    """CLIENTS threads sending back to back until the deadline; latencies and statuses."""
     import requests
 
     lock = threading.Lock()
     counter = iter(range(10**9))
-    results: list[tuple[float, int, int]] = []  # (seconds, status, batch size)
+    results: list[tuple[float, int, int, float]] = []  # (seconds, status, batch, to 1st token)
     deadline = time.perf_counter() + duration
 
     def client() -> None:
@@ -75,12 +117,11 @@ def closed_loop(url: str, bodies: list[dict], clients: int, duration: float) -> 
                 body = bodies[next(counter) % len(bodies)]
             start = time.perf_counter()
             try:
-                r = session.post(f"{url}/v1/analyze", json=body, timeout=120)
-                status, batch = r.status_code, r.json().get("timing", {}).get("batch_size", 0)
-            except requests.RequestException:
-                status, batch = 0, 0
+                status, batch, first = send(session, url, body, start)
+            except (requests.RequestException, ValueError):
+                status, batch, first = 0, 0, 0.0
             with lock:
-                results.append((time.perf_counter() - start, status, batch))
+                results.append((time.perf_counter() - start, status, batch, first))
 
     start = time.perf_counter()
     threads = [threading.Thread(target=client) for _ in range(clients)]
@@ -91,14 +132,17 @@ def closed_loop(url: str, bodies: list[dict], clients: int, duration: float) -> 
     return summary(results, time.perf_counter() - start)
 
 
-def summary(results: list[tuple[float, int, int]], wall: float) -> dict:
-    ok = [(s, b) for s, status, b in results if status == 200]
-    latency = np.array([s for s, _ in ok]) * 1000 if ok else np.zeros(1)
+def summary(results: list[tuple[float, int, int, float]], wall: float) -> dict:
+    ok = [(s, b, f) for s, status, b, f in results if status == 200]
+    latency = np.array([s for s, _, _ in ok]) * 1000 if ok else np.zeros(1)
+    first = np.array([f for _, _, f in ok]) * 1000 if ok else np.zeros(1)
     return {"requests": len(ok), "errors": len(results) - len(ok),
             "requests_per_second": len(ok) / wall,
             "p50_ms": float(np.percentile(latency, 50)),
             "p99_ms": float(np.percentile(latency, 99)),
-            "mean_batch": float(np.mean([b for _, b in ok])) if ok else 0.0}
+            "ttft_p50_ms": float(np.percentile(first, 50)),
+            "ttft_p99_ms": float(np.percentile(first, 99)),
+            "mean_batch": float(np.mean([b for _, b, _ in ok])) if ok else 0.0}
 
 
 def free_port() -> int:
@@ -107,7 +151,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def measure(args: ServeArgs, bodies: list[dict], clients: int, duration: float) -> dict:
+def measure(args: ServeArgs, bodies: list[dict], clients: int, duration: float,
+            send=analyze_once) -> dict:
     """Deploy `args`, warm every clip up once, then run the closed loop."""
     import requests
     from ray import serve
@@ -121,7 +166,7 @@ def measure(args: ServeArgs, bodies: list[dict], clients: int, duration: float) 
     try:
         for body in bodies:  # model loaded and clips processed before the clock starts
             requests.post(f"{url}/v1/analyze", json=body, timeout=120).raise_for_status()
-        return closed_loop(url, bodies, clients, duration)
+        return closed_loop(url, bodies, clients, duration, send)
     finally:
         serve.shutdown()
 
@@ -145,26 +190,38 @@ def run(model: str | None = None, clients: int = 16, duration: float = 20.0,
     ensure_ray()
     result = {"model": model, "clients": clients, "duration": duration,
               "new_tokens": new_tokens, "bodies": len(bodies)}
-    for mode, batching in (("off", False), ("on", True)):
-        log.info(f"batching {mode}: {clients} clients for {duration:g}s")
+    for mode, batching, send in MODES:
+        log.info(f"{mode}: {clients} clients for {duration:g}s")
         args = bench_args(model, manifest.parent, batching, clients, new_tokens, media)
-        result[mode] = measure(args, bodies, clients, duration)
+        result[mode] = measure(args, bodies, clients, duration, send)
     result["ratio"] = result["on"]["requests_per_second"] / max(
         1e-9, result["off"]["requests_per_second"])
+    result["stream_ratio"] = result["stream"]["requests_per_second"] / max(
+        1e-9, result["on"]["requests_per_second"])
     return result
+
+
+# (mode, dynamic batching, how a client sends a request)
+MODES = (("off", False, analyze_once), ("on", True, analyze_once),
+         ("stream", True, stream_once))
 
 
 def report(r: dict) -> str:
     from tabulate import tabulate
 
-    rows = [[mode, r[mode]["requests"], f"{r[mode]['requests_per_second']:.1f}",
-             f"{r[mode]['p50_ms']:.1f}", f"{r[mode]['p99_ms']:.1f}", r[mode]["errors"],
-             f"{r[mode]['mean_batch']:.1f}"] for mode in ("off", "on")]
+    names = {"off": "analyze, batching off", "on": "analyze, batching on",
+             "stream": "chat streamed, batching on"}
+    rows = [[names[mode], r[mode]["requests"], f"{r[mode]['requests_per_second']:.1f}",
+             f"{r[mode]['p50_ms']:.1f}", f"{r[mode]['p99_ms']:.1f}",
+             f"{r[mode]['ttft_p50_ms']:.1f}", f"{r[mode]['ttft_p99_ms']:.1f}",
+             r[mode]["errors"], f"{r[mode]['mean_batch']:.1f}"] for mode, _, _ in MODES]
     return "\n".join([
-        f"closed loop: {r['clients']} clients x {r['duration']:g}s per mode, /v1/analyze over "
+        f"closed loop: {r['clients']} clients x {r['duration']:g}s per mode over "
         f"{r['bodies']} demo rows (all five tasks), {r['new_tokens']} new tokens per answer at "
         f"most; model {r['model']}",
-        tabulate(rows, headers=["batching", "requests", "req/s", "p50 ms", "p99 ms", "errors",
-                                "mean batch"], disable_numparse=True),
-        f"throughput on/off = {r['ratio']:.2f}",
+        tabulate(rows, headers=["mode", "requests", "req/s", "p50 ms", "p99 ms",
+                                "first token p50", "p99", "errors", "mean batch"],
+                 disable_numparse=True),
+        f"throughput on/off = {r['ratio']:.2f}, stream/on = {r['stream_ratio']:.2f} "
+        "(first token: the whole answer when not streamed)",
     ])

@@ -128,13 +128,15 @@ def register(sub) -> None:
     bs.set_defaults(func=_bench_sweep)
 
     bv = bench_sub.add_parser(
-        "serve", help="the serving app with dynamic batching off vs on (req/s, latency)",
-        description="Deploy the serving application twice on this machine's Ray, with "
-                    "dynamic batching off and then on, and drive each with the same "
-                    "closed-loop load: CLIENTS threads posting /v1/analyze requests (demo "
-                    "clips of all five tasks, by path) back to back for DURATION seconds. "
-                    "Prints requests/s, p50/p99 latency, errors and mean batch size of each, "
-                    "and the throughput ratio on/off.")
+        "serve", help="the serving app with dynamic batching off vs on, and streamed "
+                      "(req/s, latency, time to first token)",
+        description="Deploy the serving application three times on this machine's Ray: "
+                    "dynamic batching off, on, and on with the requests as streamed chats; "
+                    "drive each with the same closed-loop load: CLIENTS threads sending "
+                    "requests (demo clips of all five tasks, by path) back to back for "
+                    "DURATION seconds. Prints requests/s, p50/p99 latency, time to first "
+                    "token, errors and mean batch size of each, and the ratios on/off and "
+                    "stream/on.")
     bv.add_argument("--model", help="run or model directory (default: the tiny random-init "
                                     "model, every answer exactly --new-tokens long)")
     bv.add_argument("--clients", type=positive_int, default=16, help="concurrent clients (16)")

@@ -40,8 +40,19 @@ def _run(args) -> int:
 
     served = _arguments(args, _model(args))
     log.info(f"serving {served.model} on http://{args.host}:{args.port} "
-             "(GET /healthz, /v1/models; POST /v1/analyze, /v1/chat/completions); Ctrl-C stops")
-    run_app(served, args.host, args.port, blocking=True)
+             "(GET / the page, /healthz, /v1/models, /openapi.json; POST /v1/analyze, "
+             "/v1/chat/completions); Ctrl-C stops")
+
+    def ready(url: str, metrics: str) -> None:
+        log.info(f"ready: the page at {url}, the API at {url}v1, metrics at {metrics}")
+        if args.open:
+            import webbrowser
+
+            if not webbrowser.open(url):
+                log.info(f"no browser to open here: open {url} yourself")
+
+    run_app(served, args.host, args.port, blocking=True, metrics_port=args.metrics_port,
+            on_ready=ready)
     return 0
 
 
@@ -96,6 +107,10 @@ def register(sub) -> None:
                     "Ctrl-C. KEY=VALUE overrides set serving arguments "
                     "(emoverse.serving.config.ServeArgs).")
     run.add_argument("--host", default="127.0.0.1", help="HTTP host (default 127.0.0.1)")
+    run.add_argument("--open", action="store_true", help="open the page in a browser once "
+                                                         "the application answers")
+    run.add_argument("--metrics-port", type=positive_int, help="Prometheus metrics port of "
+                     "the local Ray instance (default: one Ray picks, printed when ready)")
     run.set_defaults(func=_run)
     build = serve.add_parser(
         "build", parents=[_served_model_options()], help="write the Serve config for serve "

@@ -17,7 +17,9 @@ def joins_cluster() -> bool:
     return bool(os.environ.get("RAY_ADDRESS"))
 
 
-def ensure_ray(num_cpus: int | None = None) -> None:
+def ensure_ray(num_cpus: int | None = None, metrics_export_port: int | None = None) -> None:
+    """Connect to RAY_ADDRESS's cluster, or start a quiet local instance (its metrics on
+    `metrics_export_port`, or a port Ray picks)."""
     import ray
 
     if not ray.is_initialized():
@@ -26,6 +28,7 @@ def ensure_ray(num_cpus: int | None = None) -> None:
         else:
             _quiet_local_driver()
             ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False,
+                     _metrics_export_port=metrics_export_port,
                      runtime_env={"worker_process_setup_hook": f"{__name__}.quiet_ray",
                                   "env_vars": _quiet_worker_env()})
     import ray.data

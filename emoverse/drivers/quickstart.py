@@ -49,8 +49,9 @@ def next_steps(run_dir: Path) -> str:
     run = shlex.quote(str(run_dir))
     return "\n".join([
         "Next:",
-        "  serve this run (OpenAI-style API on http://127.0.0.1:8000):",
-        f"    emoverse serve run {run} --media-root {run}/data",
+        "  serve this run and open its page (try the demo clips; OpenAI-style API on "
+        "http://127.0.0.1:8000/v1):",
+        f"    emoverse serve run {run} --media-root {run}/data --open",
         "  evaluate it on another EMT manifest (for one from `emoverse emt build`):",
         f"    emoverse eval run --model {run} --manifest OTHER.parquet",
         "  train the paper's recipe on real data (README: the EMT set, real bases):",

@@ -12,12 +12,14 @@ from emoverse.model.checkpoint import load_model, load_processor
 from emoverse.model.inputs import Collator
 
 
-def greedy_new_tokens(model, enc: Mapping, max_new_tokens: int):
-    """The tokens `model` generates greedily after the prompts of `enc` (batch, new)."""
+def greedy_new_tokens(model, enc: Mapping, max_new_tokens: int, streamer=None):
+    """The tokens `model` generates greedily after the prompts of `enc` (batch, new);
+    `streamer` (a transformers `BaseStreamer`) gets each step's tokens as they come."""
     import torch
 
     with torch.inference_mode():
-        out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False)
+        out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
+                             streamer=streamer)
     return out[:, enc["input_ids"].shape[1]:]
 
 

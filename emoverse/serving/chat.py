@@ -7,7 +7,9 @@ the prompt is the task's training prompt, as in `/v1/analyze`; without it the te
 the prompt verbatim, and the answer is parsed when the prompt carries a task tag.
 Video URLs: `data:video/...;base64,...` (an upload) or a path under the media root
 (`file://` optional). Remote URLs are not fetched. Decoding is greedy; sampling
-parameters are accepted and ignored.
+parameters are accepted and ignored. `stream: true` answers as server-sent events of
+`chat.completion.chunk`s ending with `data: [DONE]`; the clip is processed and the first
+token awaited before the stream opens, so refusals (and overload) are still plain 4xx/503.
 """
 
 from __future__ import annotations
@@ -15,18 +17,25 @@ from __future__ import annotations
 import base64
 import binascii
 import io
+import json
+import logging
 import time
 import uuid
 from contextlib import contextmanager
-from typing import Iterator
+from typing import AsyncIterator, Iterator
 
 from pydantic import ValidationError
 
 from emoverse.serving.errors import ServingError, invalid
-from emoverse.serving.requests import Service, structured, task_of_prompt, timing, usage
-from emoverse.serving.schemas import ChatRequest, ContentPart, TaskInput
+from emoverse.serving.model_pool import Delta
+from emoverse.serving.requests import (Outcome, Service, structured, task_of_prompt, timing,
+                                       usage)
+from emoverse.serving.schemas import (ChatCompletionChunk, ChatRequest, ChunkChoice,
+                                      ChunkDelta, ContentPart, EmoverseExtras, TaskInput)
 from emoverse.serving.videos import VideoRef
 from emoverse.tasks import get_task
+
+logger = logging.getLogger(__name__)
 
 
 def user_turn(req: ChatRequest) -> tuple[str, tuple[str, str]]:
@@ -87,33 +96,100 @@ def prompt_of(req: ChatRequest, text: str) -> tuple[str, str | None]:
     return inputs.prompt(), inputs.task
 
 
-async def complete(service: Service, req: ChatRequest, header: str | None = None) -> dict:
-    start = time.perf_counter()
-    if req.stream:
-        raise ServingError(400, "stream", "streaming is not supported; send stream=false")
+def _inputs(service: Service, req: ChatRequest, header: str | None):
+    """(model id, task, prompt, answer budget, (field, video url)) of a chat request."""
     if req.n != 1:
         raise ServingError(400, "n", "only n=1 is supported (decoding is greedy)")
     model_id = service.model_id(req.model, header)
-    text, (field, url) = user_turn(req)
+    text, video = user_turn(req)
     prompt, task = prompt_of(req, text)
-    budget = service.budget(task, req.max_completion_tokens or req.max_tokens)
+    return model_id, task, prompt, service.budget(task, req.max_completion_tokens
+                                                  or req.max_tokens), video
+
+
+def _extras(service: Service, task: str | None, model_id: str, out: Outcome,
+            start: float) -> EmoverseExtras:
+    parsed = get_task(task).parse(out.generation.text) if task else None
+    service.observe(task, model_id, out, parsed)
+    return EmoverseExtras(task=task, answer=structured(task, parsed) if parsed else None,
+                          parse_error=parsed.error if parsed else None,
+                          face_found=out.clip.face_found, timing=timing(out, start))
+
+
+def _finish(out: Outcome, budget: int) -> str:
+    return "length" if out.generation.completion_tokens >= budget else "stop"
+
+
+async def complete(service: Service, req: ChatRequest, header: str | None = None) -> dict:
+    start = time.perf_counter()
+    model_id, task, prompt, budget, (field, url) = _inputs(service, req, header)
     with chat_video(service, field, url) as video:
         out = await service.run(model_id, prompt, video, budget, "messages")
     raw = out.generation.text
-    parsed = get_task(task).parse(raw) if task else None
-    finish = "length" if out.generation.completion_tokens >= budget else "stop"
     return {
         "id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion",
         "created": int(time.time()), "model": model_id,
         "choices": [{"index": 0, "message": {"role": "assistant", "content": raw},
-                     "finish_reason": finish}],
+                     "finish_reason": _finish(out, budget)}],
         "usage": usage(out).model_dump(),
-        "emoverse": {
-            "task": task,
-            "answer": structured(task, parsed).model_dump(exclude_none=True)
-            if parsed and parsed.ok else None,
-            "parse_error": parsed.error if parsed else None,
-            "face_found": out.clip.face_found,
-            "timing": timing(out, start).model_dump(),
-        },
+        "emoverse": _extras(service, task, model_id, out, start).model_dump(),
     }
+
+
+async def stream(service: Service, req: ChatRequest,
+                 header: str | None = None) -> AsyncIterator[bytes]:
+    """The server-sent events of a streamed chat, once its first delta is in hand."""
+    start = time.perf_counter()
+    model_id, task, prompt, budget, (field, url) = _inputs(service, req, header)
+    with chat_video(service, field, url) as video:
+        ready = await service.prepare(prompt, video, budget, "messages")
+    asked = time.perf_counter()
+    deltas = service.backend.stream(model_id, ready.job).__aiter__()
+    try:
+        first = await deltas.__anext__()
+    except StopAsyncIteration:
+        raise ServingError(500, "server", "the model deployment streamed nothing") from None
+    service.telemetry.first_token(model_id, (time.perf_counter() - start) * 1000)
+    chunk = _chunker(model_id, bool(req.stream_options and req.stream_options.include_usage))
+
+    async def events() -> AsyncIterator[bytes]:
+        delta: Delta = first
+        try:
+            yield chunk(ChunkDelta(role="assistant", content=""))
+            while True:
+                if delta.text:
+                    yield chunk(ChunkDelta(content=delta.text))
+                if delta.done is not None:
+                    break
+                delta = await deltas.__anext__()
+            out = Outcome(delta.done, ready.clip, ready.prompt_tokens, ready.media_ms,
+                          (time.perf_counter() - asked) * 1000)
+            yield chunk(ChunkDelta(), _finish(out, budget),
+                        extras=_extras(service, task, model_id, out, start), out=out)
+            yield b"data: [DONE]\n\n"
+        except Exception as exc:  # the stream is open: the error goes in it
+            logger.exception("streamed chat failed", exc_info=exc)
+            error = ServingError(500, "server", f"internal error ({type(exc).__name__})")
+            yield f"data: {json.dumps(error.body())}\n\n".encode()
+        finally:
+            await deltas.aclose()
+
+    return events()
+
+
+def _chunker(model_id: str, include_usage: bool):
+    """Makes the stream's `data: ...` events: one id and creation time for all."""
+    ident, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
+
+    def chunk(delta: ChunkDelta, finish: str | None = None, extras=None, out=None) -> bytes:
+        body = ChatCompletionChunk(id=ident, created=created, model=model_id,
+                                   choices=[ChunkChoice(delta=delta, finish_reason=finish)],
+                                   emoverse=extras)
+        event = f"data: {body.model_dump_json(exclude_none=True)}\n\n"
+        if out is not None and include_usage:
+            tail = ChatCompletionChunk(id=ident, created=created, model=model_id, choices=[],
+                                       usage=usage(out))
+            event += f"data: {tail.model_dump_json(exclude_none=True)}\n\n"
+        return event.encode()
+
+    return chunk

@@ -105,6 +105,21 @@ class Limits(Strict):
         return int(self.max_upload_mb * 2**20)
 
 
+class Auth(Strict):
+    """Bearer API keys (`emoverse.serving.auth`): each gateway replica reads them from its
+    environment and/or a file, so they never appear in the Serve config; none = open."""
+
+    api_keys_env: str | None = "EMOVERSE_API_KEYS"  # comma- or newline-separated keys
+    api_keys_file: str | None = None  # one key per line; re-read when it changes
+
+
+class Page(Strict):
+    """The web page at `GET /`."""
+
+    enabled: bool = True
+    max_listed_clips: PositiveInt = 500  # clips under the media root offered to pick
+
+
 class ServeArgs(Strict):
     """Arguments of the serving application (the builder's typed args)."""
 
@@ -119,6 +134,8 @@ class ServeArgs(Strict):
     model_server: ModelServerSpec = ModelServerSpec()
     gateway: DeploymentSpec = DeploymentSpec()
     trust_remote_code: bool = False  # remote model code runs only when asked for
+    auth: Auth = Auth()
+    page: Page = Page()
 
     @field_validator("max_new_tokens")
     @classmethod
@@ -138,6 +155,31 @@ class ServeArgs(Strict):
                 f"must be at least batching.max_batch_size ({self.batching.max_batch_size}), "
                 "or batches can never fill")
         return self
+
+
+def sized_for_local(args: ServeArgs, cpus: float, gpus: float) -> tuple[ServeArgs, str | None]:
+    """`args` with the model deployment's autoscaling capped to the replicas this Ray
+    instance can place beside the gateways, unless `model_server.autoscaling` was set.
+
+    The defaults suit a cluster (an autoscaler adds nodes); on one small machine a replica
+    that can never be placed only makes Serve warn every 30 s. Returns (args, what changed)."""
+    server, gateway = args.model_server, args.gateway
+    if server.autoscaling is None or "autoscaling" in server.model_fields_set:
+        return args, None
+    gateways = gateway.autoscaling.min_replicas if gateway.autoscaling else gateway.num_replicas
+    room = [(cpus - gateways * gateway.num_cpus) / server.num_cpus] if server.num_cpus else []
+    room += [(gpus - gateways * gateway.num_gpus) / server.num_gpus] if server.num_gpus else []
+    fits = max(1, int(min(room, default=server.autoscaling.max_replicas) + 1e-9))
+    if fits >= server.autoscaling.max_replicas:
+        return args, None
+    scaling = server.autoscaling.model_copy(update={
+        "max_replicas": fits, "min_replicas": min(server.autoscaling.min_replicas, fits)})
+    sized = args.model_copy(update={"model_server": server.model_copy(
+        update={"autoscaling": scaling})})
+    return sized, (f"model_server.autoscaling.max_replicas {server.autoscaling.max_replicas} "
+                   f"-> {fits}: this Ray instance has {cpus:g} CPU(s) and {gpus:g} GPU(s), "
+                   f"the gateway takes {gateways * gateway.num_cpus:g} CPU(s) and a model "
+                   f"replica {server.num_cpus:g} CPU(s), {server.num_gpus:g} GPU(s)")
 
 
 def serve_args(model: str | None = None, config: str | Path | None = None,

@@ -8,9 +8,11 @@ deployment calls `load`, `unload` and `generate` (one thread at a time per pool)
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import AsyncIterator
 
 import numpy as np
 
@@ -35,6 +37,14 @@ class Generation:
     completion_tokens: int
     batch_size: int
     generate_ms: float
+
+
+@dataclass
+class Delta:
+    """A streamed row's new text since its last delta; `done` on its last one."""
+
+    text: str
+    done: Generation | None = None
 
 
 @dataclass
@@ -98,6 +108,63 @@ class ModelPool:
                 new = greedy_new_tokens(base.model, enc, budget)
             elapsed = (time.perf_counter() - start) * 1000
         return _decode(base, new, enc["attention_mask"], jobs, elapsed)
+
+    async def stream(self, model_id: str, jobs: list[Job]) -> AsyncIterator[list[Delta | None]]:
+        """`generate`, step by step: per decoding step, each row's `Delta` (None once the
+        row is done). The batch generates in a thread while the caller's event loop sends
+        what has come; the rows' final texts equal `generate`'s."""
+        loop = asyncio.get_running_loop()
+        steps: asyncio.Queue = asyncio.Queue()
+        put = lambda item: loop.call_soon_threadsafe(steps.put_nowait, item)  # noqa: E731
+        worker = loop.run_in_executor(None, self._generate_into, model_id, jobs, put)
+        try:
+            rows: list[_RowStream] = []
+            while True:
+                item = await steps.get()
+                if isinstance(item, BaseException):
+                    raise item
+                if item is None:
+                    break
+                if isinstance(item, tuple):  # the batch is ready to decode
+                    base, mask, start = item
+                    rows = [_RowStream(base, job, int(m.sum()), len(jobs), start)
+                            for job, m in zip(jobs, mask)]
+                    continue
+                deltas = [row.add(token) for row, token in zip(rows, item)]
+                if any(d is not None for d in deltas):
+                    yield deltas
+            last = [row.finish() for row in rows]
+            if any(d is not None for d in last):
+                yield last
+        finally:
+            await worker
+
+    def _generate_into(self, model_id: str, jobs: list[Job], put) -> None:
+        """Generation for `stream`, run in a thread: the base, then each step's tokens."""
+        from transformers.generation.streamers import BaseStreamer
+
+        class Steps(BaseStreamer):
+            def put(self, value):
+                if value.ndim == 1:  # the first call carries the prompts
+                    put(value.tolist())
+
+            def end(self):
+                pass
+
+        try:
+            with self._lock:
+                entry = self.catalog.entry(model_id)
+                base = self._load(entry)
+                enc = base.collate({"prompt": [j.prompt for j in jobs],
+                                    "frames": [j.frames for j in jobs]})
+                put((base, enc["attention_mask"], time.perf_counter()))
+                enc = {k: v.to(base.device) if hasattr(v, "to") else v for k, v in enc.items()}
+                with _selected(base, entry):
+                    greedy_new_tokens(base.model, enc, max(j.max_new_tokens for j in jobs),
+                                      streamer=Steps())
+            put(None)
+        except BaseException as exc:  # handed to the caller's loop
+            put(exc)
 
     def _load(self, entry: ModelEntry) -> _Base:
         base = self._bases.get(entry.base) or self._load_base(entry.base)
@@ -177,6 +244,46 @@ def _stop_ids(model, tokenizer) -> set[int]:
     eos = model.generation_config.eos_token_id
     eos = eos if isinstance(eos, list) else [eos]
     return {*eos, tokenizer.eos_token_id, tokenizer.pad_token_id} - {None}
+
+
+class _RowStream:
+    """One row's text as its tokens come, cut where `_decode` cuts it (its own budget,
+    the first stop token); deltas hold back trailing whitespace and half characters, so
+    the deltas add up to the final text exactly."""
+
+    def __init__(self, base: _Base, job: Job, prompt_tokens: int, batch_size: int,
+                 start: float):
+        self.tokenizer = base.processor.tokenizer
+        self.stop = _stop_ids(base.model, self.tokenizer)
+        self.job, self.prompt_tokens, self.batch_size, self.start = (
+            job, prompt_tokens, batch_size, start)
+        self.ids: list[int] = []
+        self.sent = ""
+        self.done = False
+
+    def add(self, token: int) -> Delta | None:
+        if self.done:
+            return None
+        if token in self.stop:
+            return self.finish()
+        self.ids.append(token)
+        if len(self.ids) >= self.job.max_new_tokens:
+            return self.finish()
+        text = self.tokenizer.decode(self.ids, skip_special_tokens=True).strip()
+        if text.endswith("\ufffd") or not text.startswith(self.sent):
+            return Delta("")
+        delta, self.sent = text[len(self.sent):], text
+        return Delta(delta)
+
+    def finish(self) -> Delta | None:
+        if self.done:
+            return None
+        self.done = True
+        text = self.tokenizer.decode(self.ids, skip_special_tokens=True).strip()
+        generation = Generation(text=text, prompt_tokens=self.prompt_tokens,
+                                completion_tokens=len(self.ids), batch_size=self.batch_size,
+                                generate_ms=(time.perf_counter() - self.start) * 1000)
+        return Delta(text[len(self.sent):] if text.startswith(self.sent) else "", generation)
 
 
 def _decode(base: _Base, new, attention_mask, jobs: list[Job], elapsed: float) -> list[Generation]:

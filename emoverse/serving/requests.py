@@ -11,14 +11,16 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, AsyncIterator, Protocol
 
+from emoverse.serving.auth import ApiKeys
 from emoverse.serving.catalog import Catalog, build_catalog
 from emoverse.serving.config import ServeArgs
-from emoverse.serving.model_pool import Generation, Job
+from emoverse.serving.model_pool import Delta, Generation, Job
 from emoverse.serving.errors import ServingError
 from emoverse.serving.schemas import (AnalyzeRequest, AnalyzeResponse, ModelCard,
                                       StructuredAnswer, Timing, Usage)
+from emoverse.serving.telemetry import NoTelemetry, Telemetry
 from emoverse.serving.videos import ServedClip, VideoRef, VideoSource
 from emoverse.tasks import TASK_NAMES, Answer, get_task
 from emoverse.model.inputs import Collator
@@ -28,6 +30,8 @@ MODEL_HEADER = "serve_multiplexed_model_id"  # Serve's multiplexing header
 
 class Backend(Protocol):
     async def generate(self, model_id: str, job: Job) -> Generation: ...
+
+    def stream(self, model_id: str, job: Job) -> AsyncIterator[Delta]: ...
 
     async def status(self) -> dict: ...
 
@@ -43,23 +47,37 @@ class Outcome:
     model_ms: float
 
 
+@dataclass
+class Prepared:
+    """A request's clip, checked against the token limit, ready for the model."""
+
+    job: Job
+    clip: ServedClip
+    prompt_tokens: int
+    media_ms: float
+
+
 class Service:
-    def __init__(self, args: ServeArgs, catalog: Catalog, processor: Any, backend: Backend):
+    def __init__(self, args: ServeArgs, catalog: Catalog, processor: Any, backend: Backend,
+                 telemetry: Telemetry | None = None, keys: ApiKeys | None = None):
         self.args = args
         self.catalog = catalog
         self.backend = backend
+        self.telemetry = telemetry or NoTelemetry()
+        self.keys = keys or ApiKeys(args.auth.api_keys_env, args.auth.api_keys_file)
         self.videos = VideoSource(catalog.media, args.limits, args.media_root)
         self._collate = Collator(processor, train=False)
         self._started = int(time.time())
 
     @classmethod
-    def create(cls, args: ServeArgs, backend: Backend) -> "Service":
+    def create(cls, args: ServeArgs, backend: Backend,
+               telemetry: Telemetry | None = None) -> "Service":
         from emoverse.model.checkpoint import load_processor
 
         catalog = build_catalog(args)
         # Token counting only: every served id shares the default's tokenizer.
         processor = load_processor(catalog.entry(catalog.default).base, args.trust_remote_code)
-        return cls(args, catalog, processor, backend)
+        return cls(args, catalog, processor, backend, telemetry)
 
     def model_id(self, requested: str | None, header: str | None) -> str:
         """The body's `model`, else the multiplexing header, else the default."""
@@ -81,7 +99,8 @@ class Service:
         except Exception as exc:  # the model deployment is down or unreachable
             raise ServingError(503, "model_server", f"not ready: {exc}") from exc
         return {"status": "ok", "default_model": self.catalog.default,
-                "models": list(self.catalog.entries), "model_server": backend}
+                "models": list(self.catalog.entries), "auth": self.keys.required,
+                "max_upload_mb": self.args.limits.max_upload_mb, "model_server": backend}
 
     def budget(self, task: str | None, requested: int | None = None) -> int:
         cap = self.args.limits.max_new_tokens_cap
@@ -91,15 +110,30 @@ class Service:
         return requested or self.args.max_new_tokens.get(task or "", max(
             self.args.max_new_tokens.values()))
 
-    async def run(self, model_id: str, prompt: str, video: VideoRef, budget: int,
-                  text_field: str) -> Outcome:
-        """Clip and token check off the event loop, then the model call."""
+    async def prepare(self, prompt: str, video: VideoRef, budget: int,
+                      text_field: str) -> Prepared:
+        """Clip and token check, off the event loop."""
         start = time.perf_counter()
         clip, tokens = await asyncio.to_thread(self._prepare, prompt, video, budget, text_field)
-        media_ms = (time.perf_counter() - start) * 1000
+        return Prepared(Job(prompt, clip.frames, budget), clip, tokens,
+                        (time.perf_counter() - start) * 1000)
+
+    async def run(self, model_id: str, prompt: str, video: VideoRef, budget: int,
+                  text_field: str) -> Outcome:
+        """The prepared request's model call."""
+        ready = await self.prepare(prompt, video, budget, text_field)
         start = time.perf_counter()
-        generation = await self.backend.generate(model_id, Job(prompt, clip.frames, budget))
-        return Outcome(generation, clip, tokens, media_ms, (time.perf_counter() - start) * 1000)
+        generation = await self.backend.generate(model_id, ready.job)
+        return Outcome(generation, ready.clip, ready.prompt_tokens, ready.media_ms,
+                       (time.perf_counter() - start) * 1000)
+
+    def observe(self, task: str | None, model_id: str, out: Outcome,
+                answer: Answer | None) -> None:
+        """The answered request's figures, for the metrics."""
+        self.telemetry.answered(task or "none", model_id, out.media_ms,
+                                max(out.model_ms - out.generation.generate_ms, 0.0),
+                                out.generation.generate_ms, out.clip.face_found,
+                                None if answer is None else answer.ok)
 
     def _prepare(self, prompt: str, video: VideoRef, budget: int,
                  text_field: str) -> tuple[ServedClip, int]:
@@ -120,11 +154,13 @@ class Service:
         field = "conversation" if get_task(req.task).needs_conversation else "transcript"
         out = await self.run(model_id, req.prompt(), video, budget, field)
         answer = get_task(req.task).parse(out.generation.text)
+        self.observe(req.task, model_id, out, answer)
         return AnalyzeResponse(
             task=req.task, model=model_id, answer=structured(req.task, answer),
             parse_error=answer.error, raw=out.generation.text,
             face_found=out.clip.face_found, media_cached=out.clip.cached,
-            usage=usage(out), timing=timing(out, start))
+            usage=usage(out), timing=timing(out, start),
+            frames=jpeg_urls(out.clip.frames) if req.include_frames else None)
 
 
 def usage(out: Outcome) -> Usage:
@@ -138,6 +174,19 @@ def timing(out: Outcome, start: float) -> Timing:
                   generate_ms=round(out.generation.generate_ms, 2),
                   batch_size=out.generation.batch_size,
                   total_ms=round((time.perf_counter() - start) * 1000, 2))
+
+
+def jpeg_urls(frames) -> list[str]:
+    """The crops the model saw (RGB arrays), as JPEG data URLs for a page to show."""
+    import base64
+
+    import cv2
+
+    urls = []
+    for frame in frames:
+        ok, data = cv2.imencode(".jpg", frame[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, 90])
+        urls.append("data:image/jpeg;base64," + base64.b64encode(data.tobytes()).decode())
+    return urls
 
 
 def structured(task: str, answer: Answer) -> StructuredAnswer | None:

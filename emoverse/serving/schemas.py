@@ -76,6 +76,25 @@ class AnalyzeRequest(TaskInput):
     video_start: float | None = Field(None, ge=0)  # seconds: analyse only this span
     video_end: float | None = Field(None, gt=0)
     model: str | None = None  # a served model id (or header serve_multiplexed_model_id)
+    include_frames: bool = False  # answer with the face crops the model saw (JPEG data URLs)
+    stream: bool = Field(False, description="refused: /v1/analyze answers whole; stream "
+                         "from /v1/chat/completions")
+
+
+class AnalyzeForm(BaseModel):
+    """`POST /v1/analyze` as multipart/form-data: the same fields, the clip as file part
+    `video` and the conversation as a JSON string (documentation of the form's shape)."""
+
+    task: str
+    transcript: str | None = None
+    conversation: str | None = Field(None, description="JSON list of {speaker, text, emotion}")
+    target_utterance: int | None = Field(None, ge=1)
+    video: bytes | None = Field(None, json_schema_extra={"format": "binary"})
+    video_path: str | None = None
+    video_start: float | None = Field(None, ge=0)
+    video_end: float | None = Field(None, gt=0)
+    model: str | None = None
+    include_frames: bool = False
 
 
 class Pair(BaseModel):
@@ -123,6 +142,17 @@ class AnalyzeResponse(BaseModel):
     media_cached: bool
     usage: Usage
     timing: Timing
+    frames: list[str] | None = None  # with include_frames: the crops, as JPEG data URLs
+
+
+class ErrorDetail(BaseModel):
+    field: str  # the input at fault
+    message: str
+    status: int
+
+
+class ErrorBody(BaseModel):
+    error: ErrorDetail
 
 
 class VideoURL(BaseModel):
@@ -144,6 +174,12 @@ class ChatMessage(BaseModel):
     content: str | list[ContentPart]
 
 
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    include_usage: bool = False  # a last chunk with `usage` and no choices
+
+
 class ChatRequest(BaseModel):
     """`POST /v1/chat/completions`: OpenAI's fields, plus emoverse's task inputs (send
     them with an OpenAI client's `extra_body`)."""
@@ -154,7 +190,8 @@ class ChatRequest(BaseModel):
     messages: list[ChatMessage] = Field(min_length=1)
     max_tokens: int | None = Field(None, ge=1)
     max_completion_tokens: int | None = Field(None, ge=1)
-    stream: bool = False
+    stream: bool = False  # server-sent events of chat.completion.chunk, then [DONE]
+    stream_options: StreamOptions | None = None
     n: int = 1
     task: str | None = None
     conversation: list[Utterance] | None = None
@@ -169,3 +206,90 @@ class ModelCard(BaseModel):
     kind: Literal["weights", "adapter"]
     base: str
     default: bool
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+
+
+class Health(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    status: Literal["ok"]
+    default_model: str
+    models: list[str]
+    auth: bool  # whether /v1 needs an API key
+    max_upload_mb: float
+
+
+class Clip(BaseModel):
+    path: str  # under the media root, as `video_path` takes it
+    size: int  # bytes
+
+
+class ClipList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[Clip]
+    truncated: bool  # more clips than page.max_listed_clips
+
+
+class AssistantMessage(BaseModel):
+    role: Literal["assistant"] = "assistant"
+    content: str
+
+
+class ChatChoice(BaseModel):
+    index: int
+    message: AssistantMessage
+    finish_reason: Literal["stop", "length"]
+
+
+class EmoverseExtras(BaseModel):
+    """What OpenAI's shape has no room for: the parsed answer and where the time went."""
+
+    task: str | None
+    answer: StructuredAnswer | None
+    parse_error: str | None
+    face_found: bool
+    timing: Timing
+
+
+class ChatCompletion(BaseModel):
+    id: str
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int
+    model: str
+    choices: list[ChatChoice]
+    usage: Usage
+    emoverse: EmoverseExtras
+
+
+class ChunkDelta(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    role: Literal["assistant"] | None = None
+    content: str | None = None
+
+    @model_serializer(mode="wrap")
+    def _only_set(self, handler) -> dict:
+        return {k: v for k, v in handler(self).items() if v is not None}
+
+
+class ChunkChoice(BaseModel):
+    index: int = 0
+    delta: ChunkDelta
+    finish_reason: Literal["stop", "length"] | None = None
+
+
+class ChatCompletionChunk(BaseModel):
+    """One server-sent event of a streamed chat (`data: {...}`); the stream ends with
+    `data: [DONE]`. The last chunk with a finish_reason carries `emoverse`."""
+
+    id: str
+    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
+    created: int
+    model: str
+    choices: list[ChunkChoice]
+    usage: Usage | None = None
+    emoverse: EmoverseExtras | None = None

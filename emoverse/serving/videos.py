@@ -28,6 +28,7 @@ from emoverse.serving.config import Limits
 from emoverse.serving.errors import ServingError
 
 CHUNK = 1 << 20
+VIDEO_SUFFIXES = {".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v"}
 
 
 @dataclass(frozen=True)
@@ -74,6 +75,23 @@ class VideoSource:
         stat = resolved.stat()
         return VideoRef(str(resolved), field, f"path:{resolved}:{stat.st_size}:"
                         f"{stat.st_mtime_ns}:{start}:{end}", start, end)
+
+    def listed(self, most: int) -> tuple[list[dict], bool]:
+        """Up to `most` videos under the media root ({path, size}, sorted), and whether
+        there were more."""
+        if self.root is None:
+            raise ServingError(400, "media_root", "no media root configured: the server "
+                               "takes uploads only")
+        found = []
+        for path in sorted(self.root.rglob("*")):
+            real = Path(os.path.realpath(path))
+            if path.suffix.lower() in VIDEO_SUFFIXES and real.is_file() \
+                    and self.root in real.parents:
+                if len(found) == most:
+                    return found, True
+                found.append({"path": str(path.relative_to(self.root)),
+                              "size": path.stat().st_size})
+        return found, False
 
     @contextmanager
     def uploaded(self, stream: BinaryIO, content_type: str | None, filename: str | None,

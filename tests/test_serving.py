@@ -834,8 +834,9 @@ def test_metrics_reach_the_prometheus_endpoint(server, manifest):
     assert any('face_found="' in line for line in lines if "clips_total" in line)
 
 
-def browser():
-    """Headless Chromium under Selenium (Debian's chromium and chromium-driver)."""
+def browser(profile: Path):
+    """Headless Chromium under Selenium (Debian's chromium and chromium-driver), its
+    profile in `profile` (chromium leaves it behind otherwise)."""
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     driver = shutil.which("chromedriver")
     if not (chromium and driver):
@@ -848,7 +849,8 @@ def browser():
 
     options = webdriver.ChromeOptions()
     options.binary_location = chromium
-    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu"):
+    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
+                 f"--user-data-dir={profile}"):
         options.add_argument(flag)
     return webdriver.Chrome(service=ChromeService(executable_path=driver), options=options)
 
@@ -862,7 +864,7 @@ def test_the_page_in_a_real_browser(server, manifest, tmp_path):
     row = row_of(manifest, "mer")
     big = tmp_path / "big.mp4"
     big.write_bytes(os.urandom(300_000))  # over the server's 0.25 MiB
-    driver = browser()
+    driver = browser(tmp_path / "chromium-profile")
 
     class Waiting(WebDriverWait):
         def until(self, condition, message=""):

@@ -4,7 +4,7 @@ The Ray Serve layer, kept thin: two deployments over the Ray-free modules.
 - `Gateway`, the FastAPI ingress: validation, the media stage's clip processing and the
   prompt (`emoverse.serving.api` / `requests`) on CPU replicas.
 - `ModelServer`: generation with dynamic batching (`@serve.batch`, batches are split by
-  model id; streamed requests are batched together too, step by step) and model
+  model id; streams batch with each other, decoded step by step) and model
   multiplexing (`serve.multiplexed`: a run's stages and configured adapters over one base
   model per replica, LRU-evicted), autoscaled on ongoing requests.
 Both refuse work beyond `max_queued_requests` (503) instead of queueing without bound.
@@ -105,6 +105,9 @@ class ModelServer:
         for batched in (self.generate_batch, self.stream_batch):
             batched.set_max_batch_size(args.batching.max_batch_size)
             batched.set_batch_wait_timeout_s(args.batching.batch_wait_timeout_s)
+        # One generation at a time: a paused stream holds the model (ModelPool.stream)
+        # while the loop runs, and a whole batch must not switch adapters under it.
+        self._generating = asyncio.Lock()
         models = self.models
 
         async def load(model_id: str) -> LoadedModel:
@@ -120,16 +123,18 @@ class ModelServer:
         await self.model(model_id)
         if self.batching:
             return await self.generate_batch(job)
-        self.telemetry.batch(model_id, 1)
-        return self.models.generate(model_id, [job])[0]
+        async with self._generating:
+            self.telemetry.batch(model_id, 1)
+            return self.models.generate(model_id, [job])[0]
 
     # Generation blocks the replica's event loop on purpose: in a thread it would hold
     # the GIL against the loop taking requests in, and batches would stay small.
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01)
     async def generate_batch(self, jobs: list[Job]) -> list[Generation]:
         model_id = serve.get_multiplexed_model_id()
-        self.telemetry.batch(model_id, len(jobs))
-        return self.models.generate(model_id, jobs)
+        async with self._generating:
+            self.telemetry.batch(model_id, len(jobs))
+            return self.models.generate(model_id, jobs)
 
     async def generate_stream(self, job: Job) -> AsyncIterator[Delta]:
         """`generate`, streamed: the request's text as it is decoded."""
@@ -138,9 +143,7 @@ class ModelServer:
         if self.batching:
             deltas = self.stream_batch(job)
         else:
-            self.telemetry.batch(model_id, 1)
-            deltas = (step[0] async for step in self.models.stream(model_id, [job])
-                      if step[0] is not None)
+            deltas = self._stream_alone(model_id, job)
         first = True
         async for delta in deltas:
             # the first delta opens the client's stream; later ones without text (a token
@@ -149,14 +152,23 @@ class ModelServer:
                 yield delta
             first = False
 
-    # Streams decode in a thread so that each step's tokens go out while the next is
-    # computed; a batch ends for a row (StopIteration) once its text is done.
+    async def _stream_alone(self, model_id: str, job: Job) -> AsyncIterator[Delta]:
+        async with self._generating:
+            self.telemetry.batch(model_id, 1)
+            async for step in self.models.stream(model_id, [job]):
+                if step[0] is not None:
+                    yield step[0]
+
+    # Streams batch with each other, decoded step by step (ModelPool.stream: each step
+    # blocks the loop, and the loop sends between steps).
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01)
     async def stream_batch(self, jobs: list[Job]) -> AsyncIterator[list]:
         model_id = serve.get_multiplexed_model_id()
-        self.telemetry.batch(model_id, len(jobs))
-        async for step in self.models.stream(model_id, jobs):
-            yield [StopIteration if delta is None else delta for delta in step]
+        async with self._generating:
+            self.telemetry.batch(model_id, len(jobs))
+            async for step in self.models.stream(model_id, jobs):
+                # a row that is done ends its caller's iteration
+                yield [StopIteration if delta is None else delta for delta in step]
 
     async def status(self) -> dict:
         return {"loaded": self.models.loaded, "batching": self.batching}

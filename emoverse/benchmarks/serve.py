@@ -58,7 +58,8 @@ def bench_args(model: str, media_root: Path, batching: bool, clients: int,
         batching={"enabled": batching, "max_batch_size": clients},
         model_server={"num_cpus": 1, "autoscaling": None, "max_ongoing_requests": 2 * clients,
                       "max_queued_requests": -1},
-        gateway={"num_cpus": 0.5, "max_ongoing_requests": 4 * clients})
+        gateway={"num_cpus": 0.5, "max_ongoing_requests": 4 * clients},
+        auth={"api_keys_env": None})  # open: the shell's EMOVERSE_API_KEYS is not the bench's
 
 
 def chat_body(body: dict) -> dict:

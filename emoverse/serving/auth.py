@@ -18,7 +18,7 @@ from emoverse.serving.errors import ServingError
 
 # Paths that answer without a key: liveness probes, the page's own files, the API schema.
 OPEN_PATHS = ("/healthz", "/", "/favicon.ico", "/openapi.json", "/docs",
-              "/docs/oauth2-redirect")
+              "/docs/oauth2-redirect", "/redoc")
 
 
 class ApiKeys:

@@ -390,6 +390,13 @@ def test_keys_guard_the_api_but_not_health_or_the_page(client):
         r = client.post("/v1/analyze", headers=headers, json={"task": "msa"})
         assert r.status_code == 401
     assert client.get("/v1/models", headers={"Authorization": "Bearer sk-other"}).status_code == 200
+    # under a Serve route prefix the same paths are open and guarded
+    from fastapi.testclient import TestClient
+
+    prefixed = TestClient(client.app, root_path="/emo")
+    assert prefixed.get("/emo/healthz").status_code == 200
+    assert prefixed.get("/emo/").status_code == 200
+    assert prefixed.get("/emo/v1/models").status_code == 401
 
 
 def test_deeply_nested_json_is_a_400_not_a_crash(client):

@@ -16,6 +16,7 @@ configured (`emoverse.serving.auth`).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -88,6 +89,8 @@ class Guard:
             return await self.app(scope, receive, send)
         start, status = time.perf_counter(), 500
         labels = scope["emoverse"] = {}
+        # the path within the app: Serve passes a route prefix as root_path
+        path = scope["path"].removeprefix(scope.get("root_path", "").rstrip("/")) or "/"
 
         async def sent(message):
             nonlocal status
@@ -96,7 +99,7 @@ class Guard:
             await send(message)
 
         try:
-            if scope["path"] not in OPEN_PATHS:
+            if path not in OPEN_PATHS:
                 headers = dict(scope["headers"])
                 try:
                     self.service.keys.check(headers.get(b"authorization", b"").decode("latin-1"))
@@ -105,7 +108,7 @@ class Guard:
             await self.app(scope, receive, sent)
         finally:
             self.service.telemetry.request(
-                scope["path"] if scope["path"] in ROUTES else "other", labels.get("task", "none"),
+                path if path in ROUTES else "other", labels.get("task", "none"),
                 labels.get("model", "none"), status, (time.perf_counter() - start) * 1000)
 
 
@@ -148,7 +151,8 @@ def create_app(service: Service) -> FastAPI:
 
     @app.get("/v1/clips", response_model=ClipList)
     async def clips() -> ClipList:
-        listed, truncated = service.videos.listed(service.args.page.max_listed_clips)
+        listed, truncated = await asyncio.to_thread(service.videos.listed,
+                                                    service.args.page.max_listed_clips)
         return ClipList(data=listed, truncated=truncated)
 
     @app.post("/v1/analyze", response_model=AnalyzeResponse)

@@ -420,6 +420,10 @@ def test_the_page_lists_clips_and_gets_the_face_crops(client, manifest):
     assert {"path": rel(row_of(manifest, "fer")), "size": Path(
         row_of(manifest, "fer").media_path).stat().st_size} in clips["data"]
     assert not clips["truncated"] and all(c["path"].endswith(".mp4") for c in clips["data"])
+    fer = client.get("/v1/clips", params={"q": "FER"}).json()["data"]
+    assert fer and all("-fer-" in c["path"] for c in fer)
+    r = client.get("/v1/clips", params={"q": "x" * 201})
+    assert r.status_code == 422 and r.json()["error"]["field"] == "query.q"
     row = row_of(manifest, "fer")
     with open(row.media_path, "rb") as f:
         out = client.post("/v1/analyze", data={"task": "fer", "include_frames": "true"},
@@ -888,6 +892,9 @@ def test_the_page_in_a_real_browser(server, manifest, tmp_path):
         key.send_keys(KEY)
         key.send_keys("\t")  # change: the page lists the clips with the key
         wait.until(lambda d: len(Select(d.find_element(By.ID, "clip-select")).options) > 1)
+        driver.find_element(By.ID, "clip-filter").send_keys("-mer-")
+        wait.until(lambda d: all("-mer-" in o.text for o in Select(d.find_element(
+            By.ID, "clip-select")).options[1:]))
         assert rel(row) in [o.text for o in Select(driver.find_element(
             By.ID, "clip-select")).options]
         driver.find_element(By.ID, "clip-file").send_keys(str(Path(row.media_path).resolve()))

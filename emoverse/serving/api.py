@@ -24,7 +24,8 @@ from contextlib import contextmanager
 from importlib import resources
 from typing import Iterator
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from pydantic import ValidationError
 from starlette.datastructures import UploadFile
@@ -133,6 +134,7 @@ def create_app(service: Service) -> FastAPI:
                        + FORM_FIELD_BYTES)
     app.add_middleware(Guard, service=service)  # outermost: 401s and 413s are counted too
     app.add_exception_handler(ServingError, _refused)
+    app.add_exception_handler(RequestValidationError, _invalid_query)
     app.add_exception_handler(Exception, _failed)
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
@@ -150,9 +152,10 @@ def create_app(service: Service) -> FastAPI:
         return ModelList(data=service.models())
 
     @app.get("/v1/clips", response_model=ClipList)
-    async def clips() -> ClipList:
+    async def clips(q: str = Query("", max_length=200, description="only paths containing "
+                                   "this (case-insensitive)")) -> ClipList:
         listed, truncated = await asyncio.to_thread(service.videos.listed,
-                                                    service.args.page.max_listed_clips)
+                                                    service.args.page.max_listed_clips, q)
         return ClipList(data=listed, truncated=truncated)
 
     @app.post("/v1/analyze", response_model=AnalyzeResponse)
@@ -194,6 +197,11 @@ PAGE = resources.files("emoverse.serving").joinpath("page.html").read_text()
 
 async def _refused(_: Request, exc: ServingError) -> JSONResponse:
     return JSONResponse(exc.body(), status_code=exc.status)
+
+
+async def _invalid_query(_: Request, exc: RequestValidationError) -> JSONResponse:
+    """FastAPI's own validation (query parameters) in our error shape."""
+    return await _refused(_, invalid(exc, "query"))
 
 
 async def _failed(_: Request, exc: Exception) -> JSONResponse:

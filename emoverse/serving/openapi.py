@@ -33,7 +33,8 @@ REFUSALS = {
                              422: "invalid field (the message names it)",
                              503: "overloaded or the model deployment is not ready"},
     "/v1/models": {401: "missing or invalid API key"},
-    "/v1/clips": {400: "no media root configured", 401: "missing or invalid API key"},
+    "/v1/clips": {400: "no media root configured", 401: "missing or invalid API key",
+                  422: "invalid query parameter"},
     "/healthz": {503: "the model deployment is not ready"},
 }
 

@@ -76,21 +76,23 @@ class VideoSource:
         return VideoRef(str(resolved), field, f"path:{resolved}:{stat.st_size}:"
                         f"{stat.st_mtime_ns}:{start}:{end}", start, end)
 
-    def listed(self, most: int) -> tuple[list[dict], bool]:
-        """Up to `most` videos under the media root ({path, size}, sorted), and whether
-        there were more."""
+    def listed(self, most: int, containing: str = "") -> tuple[list[dict], bool]:
+        """Up to `most` videos under the media root whose path contains `containing`
+        ({path, size}, sorted), and whether there were more."""
         if self.root is None:
             raise ServingError(400, "media_root", "no media root configured: the server "
                                "takes uploads only")
         found = []
         for path in sorted(self.root.rglob("*")):
+            relative = str(path.relative_to(self.root))
+            if path.suffix.lower() not in VIDEO_SUFFIXES or containing.lower() not in \
+                    relative.lower():
+                continue
             real = Path(os.path.realpath(path))
-            if path.suffix.lower() in VIDEO_SUFFIXES and real.is_file() \
-                    and self.root in real.parents:
+            if real.is_file() and self.root in real.parents:
                 if len(found) == most:
                     return found, True
-                found.append({"path": str(path.relative_to(self.root)),
-                              "size": path.stat().st_size})
+                found.append({"path": relative, "size": real.stat().st_size})
         return found, False
 
     @contextmanager

@@ -142,7 +142,8 @@ def test_two_runs_on_ray_train_give_the_same_losses_weights_and_answers(on_ray, 
     assert a["step"] == b["step"] == 60 and len(a["losses"]) == 12
     assert a["losses"] == b["losses"]
     assert a["deterministic"] and a["seed"] == 0 and a["world_size"] == 2
-    assert a["data_order"] and a["versions"]["ray"]
+    assert a["data_order"] and a["versions"]["ray"]  # the training worker's
+    assert a["driver_versions"]["torch"] == a["versions"]["torch"]
     assert_same_weights(first, again)
     pd.testing.assert_frame_equal(answers(first), answers(again))
     assert len(answers(first)) > 0

@@ -170,9 +170,10 @@ def train_datasets(cache_dir: str | Path, multiplicity: dict[str, int], stage: S
 
 
 def run_facts(seed: int, deterministic: bool, world_size: int) -> dict:
-    """What a stage's lineage records to reproduce it, beside the recipe and data digests."""
+    """What a stage's lineage records to reproduce it, beside the recipe and data digests
+    (the training process adds its own library `versions`: the ones that trained)."""
     return {"seed": seed, "deterministic": deterministic, "data_order": DATA_ORDER,
-            "world_size": world_size, "versions": library_versions()}
+            "world_size": world_size, "driver_versions": library_versions()}
 
 
 def fit_stage(stage: StageConfig, cache_dir: str | Path, init_from: str | Path,

@@ -34,7 +34,7 @@ from emoverse.phase_clock import Countdown
 from emoverse.recipe import StageConfig
 from emoverse.train.engine import make_engine
 from emoverse.train.loop import LoopState, train_epochs
-from emoverse.train.reproducibility import batch_seed, use_deterministic_torch
+from emoverse.train.reproducibility import batch_seed, library_versions, use_deterministic_torch
 
 log = logger(__name__)
 LOOP_STATE = "loop_state.json"  # the loop's position, in every resumable checkpoint
@@ -193,7 +193,8 @@ def train(job: StageJob, session: Session) -> LoopState:
                            "samples_per_second": state.samples_per_second * session.world_size,
                            "data_wait_fraction": state.data_wait_fraction,
                            "warm_data_wait_fraction": state.warm_data_wait_fraction,
-                           "resumed_at_step": resumed_at}
+                           "resumed_at_step": resumed_at,
+                           "versions": library_versions()}  # the process that trained
                 finish_checkpoint(processor, tmp, lineage)
             if final and job.predict:
                 answer_share(engine.module, processor, session, job.predict,

@@ -348,6 +348,21 @@ def test_the_app_without_ray(client, app_service, manifest):
     assert (task, model, parsed) == ("msa", STAGE2, True)
 
 
+def test_overload_tells_clients_when_to_retry(client, app_service, manifest, monkeypatch):
+    from emoverse.serving.errors import Overloaded
+
+    class Full(PoolBackend):
+        async def generate(self, model_id, job):
+            raise Overloaded("model deployment queue full")
+
+    monkeypatch.setattr(app_service, "backend", Full(None))
+    row = row_of(manifest, "msa")
+    r = client.post("/v1/analyze", json={"task": "msa", "transcript": row.transcript,
+                                         "video_path": rel(row)})
+    assert r.status_code == 503 and r.headers["retry-after"] == "1"
+    assert r.json()["error"]["message"].startswith("server: overloaded, retry later")
+
+
 def test_api_keys_from_the_environment_and_a_rotated_file(tmp_path, caplog):
     from emoverse.serving.auth import ApiKeys
     from emoverse.serving.errors import ServingError
@@ -767,9 +782,10 @@ def test_bad_chat_input_is_a_4xx(server, change, status, words):
 def test_overload_answers_503_and_the_server_keeps_serving(server, manifest):
     # 32 at once overrun the model deployment's 4 ongoing + 2 queued requests
     with ThreadPoolExecutor(32) as pool:
-        codes = list(pool.map(lambda _: analyze(server, manifest, task="mer").status_code,
-                              range(32)))
+        answers = list(pool.map(lambda _: analyze(server, manifest, task="mer"), range(32)))
+    codes = [r.status_code for r in answers]
     assert set(codes) <= {200, 503} and codes.count(503) > 0 and codes.count(200) >= 4
+    assert all(r.headers["retry-after"] == "1" for r in answers if r.status_code == 503)
     r = http().post(f"{server}/v1/analyze", timeout=60, json={"task": "eri"})
     assert r.status_code == 422
     assert analyze(server, manifest).json()["answer"] == {"label": "positive"}

@@ -105,7 +105,7 @@ class Guard:
                 try:
                     self.service.keys.check(headers.get(b"authorization", b"").decode("latin-1"))
                 except ServingError as error:
-                    return await _send_error(sent, error, [(b"www-authenticate", b"Bearer")])
+                    return await _send_error(sent, error)
             await self.app(scope, receive, sent)
         finally:
             self.service.telemetry.request(
@@ -117,11 +117,12 @@ ROUTES = {"/", "/healthz", "/v1/models", "/v1/clips", "/v1/analyze", "/v1/chat/c
           "/openapi.json"}
 
 
-async def _send_error(send, error: ServingError, headers: list | None = None) -> None:
+async def _send_error(send, error: ServingError) -> None:
     body = json.dumps(error.body()).encode()
+    extra = [(k.lower().encode(), v.encode()) for k, v in error.headers.items()]
     await send({"type": "http.response.start", "status": error.status,
                 "headers": [(b"content-type", b"application/json"),
-                            (b"content-length", str(len(body)).encode()), *(headers or [])]})
+                            (b"content-length", str(len(body)).encode()), *extra]})
     await send({"type": "http.response.body", "body": body})
 
 
@@ -196,7 +197,7 @@ PAGE = resources.files("emoverse.serving").joinpath("page.html").read_text()
 
 
 async def _refused(_: Request, exc: ServingError) -> JSONResponse:
-    return JSONResponse(exc.body(), status_code=exc.status)
+    return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
 
 
 async def _invalid_query(_: Request, exc: RequestValidationError) -> JSONResponse:

@@ -17,6 +17,7 @@ from pathlib import Path
 from emoverse.serving.errors import ServingError
 
 # Paths that answer without a key: liveness probes, the page's own files, the API schema.
+CHALLENGE = {"WWW-Authenticate": "Bearer"}  # what a 401 must carry (RFC 6750)
 OPEN_PATHS = ("/healthz", "/", "/favicon.ico", "/openapi.json", "/docs",
               "/docs/oauth2-redirect", "/redoc")
 
@@ -54,11 +55,11 @@ class ApiKeys:
         scheme, _, key = (authorization or "").partition(" ")
         if scheme.lower() != "bearer" or not key.strip():
             raise ServingError(401, "authorization", "missing API key: send "
-                               "`Authorization: Bearer <key>`")
+                               "`Authorization: Bearer <key>`", CHALLENGE)
         digest = _digest(key.strip())
         # compare against every key so the time taken does not say which one nearly matched
         if not any([hmac.compare_digest(digest, d) for d in self._digests]):
-            raise ServingError(401, "authorization", "invalid API key")
+            raise ServingError(401, "authorization", "invalid API key", CHALLENGE)
 
     def _refresh(self) -> None:
         if self.path is not None:

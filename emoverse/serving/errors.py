@@ -8,21 +8,26 @@ from emoverse.config_file import error_message
 class ServingError(Exception):
     """A request the server refuses; `field` names the input at fault."""
 
-    def __init__(self, status: int, field: str, message: str):
+    def __init__(self, status: int, field: str, message: str, headers: dict | None = None):
         super().__init__(f"{field}: {message}")
         self.status = status
         self.field = field
         self.message = message
+        self.headers = headers or {}
 
     def body(self) -> dict:
         return {"error": {"field": self.field, "message": str(self), "status": self.status}}
 
 
 class Overloaded(ServingError):
-    """Every model replica's queue is full: answer 503 instead of queueing without bound."""
+    """Every model replica's queue is full: answer 503 instead of queueing without bound.
+    `Retry-After` tells clients (the page, OpenAI's SDK) when to try again."""
+
+    RETRY_AFTER_S = 1
 
     def __init__(self, detail: str = ""):
-        super().__init__(503, "server", "overloaded, retry later" + (f" ({detail})" if detail else ""))
+        super().__init__(503, "server", "overloaded, retry later" + (f" ({detail})" if detail else ""),
+                         headers={"Retry-After": str(self.RETRY_AFTER_S)})
 
 
 def invalid(exc, where: str = "body") -> ServingError:

@@ -37,6 +37,11 @@ REFUSALS = {
                   422: "invalid query parameter"},
     "/healthz": {503: "the model deployment is not ready"},
 }
+HEADERS = {  # what a refusal carries besides its body
+    401: {"WWW-Authenticate": {"description": "`Bearer`", "schema": {"type": "string"}}},
+    503: {"Retry-After": {"description": "seconds to wait before retrying, when overloaded",
+                          "schema": {"type": "integer"}}},
+}
 
 
 def describe(app: FastAPI) -> dict:
@@ -65,8 +70,9 @@ def describe(app: FastAPI) -> dict:
     for path, refusals in REFUSALS.items():
         for operation in paths[path].values():
             operation["responses"].update({str(status): {
-                "description": why, "content": {"application/json": {"schema": _ref(
-                    "ErrorBody")}}} for status, why in refusals.items()})
+                "description": why, "headers": HEADERS.get(status, {}),
+                "content": {"application/json": {"schema": _ref("ErrorBody")}}}
+                for status, why in refusals.items()})
             if path.startswith("/v1/"):
                 operation["security"] = [{"bearer": []}, {}]  # {}: when no keys are set
     app.openapi_schema = spec

@@ -201,6 +201,22 @@ class DataConfig(Strict):
     min_face_found: float = Field(0.8, ge=0.0, le=1.0)
 
 
+class TrackingConfig(Strict):
+    """Experiment tracking in MLflow (`emoverse.tracking`). Not part of the recipe's digest:
+    where a run is tracked does not change what it trains."""
+
+    # None: track when MLflow is installed (the `tracking` extra); true: require it.
+    enabled: bool | None = None
+    # The tracking server; None: $MLFLOW_TRACKING_URI, else a local store in the run
+    # directory (`mlflow.db`, artifacts in `mlartifacts/`).
+    uri: str | None = None
+    # The MLflow experiment; None: $MLFLOW_EXPERIMENT_NAME, else the recipe's name.
+    experiment: str | None = None
+    # How long a call may wait on the server before the outage is logged, and how long
+    # the end of a stage or run waits for queued calls (training never waits on MLflow).
+    patience_s: PositiveFloat = 30.0
+
+
 class Recipe(Strict):
     name: str
     base_model: str  # a model directory or hub id; "tiny" = the embedded default
@@ -219,6 +235,7 @@ class Recipe(Strict):
     stages: list[StageConfig]
     scaling: ScalingConfig = ScalingConfig()
     eval: EvalConfig = EvalConfig()
+    tracking: TrackingConfig = TrackingConfig()
 
     @model_validator(mode="after")
     def _stage_names_unique(self) -> "Recipe":
@@ -244,7 +261,7 @@ class Recipe(Strict):
         return stage.model_copy(update={"seed": stage_seed(self.seed, stage.seed)})
 
     def digest(self) -> str:
-        text = self.model_dump_json(exclude={"scaling": PLACEMENT_FIELDS})
+        text = self.model_dump_json(exclude={"scaling": PLACEMENT_FIELDS, "tracking": True})
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 

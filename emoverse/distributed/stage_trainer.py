@@ -180,7 +180,7 @@ def fit_stage(stage: StageConfig, cache_dir: str | Path, init_from: str | Path,
               storage: str | Path, scaling: ScalingConfig, lineage: dict,
               materialize: bool | None = None, validation: dict | None = None,
               frame_size: int | None = None, predict: dict | None = None,
-              deterministic: bool = False):
+              deterministic: bool = False, tracking=None):
     """Train one stage from `init_from`; returns its final checkpoint directory.
 
     `storage` holds Ray Train's run state (`storage/<stage name>/`) and the stage's
@@ -193,8 +193,9 @@ def fit_stage(stage: StageConfig, cache_dir: str | Path, init_from: str | Path,
     workers answer those rows with the final model into the checkpoint's `predictions/`
     (`emoverse.train.stage.read_predictions`). `deterministic`: each worker trains on its
     own seeded share of the epoch (`train_datasets`) with torch's deterministic algorithms
-    (the recipe's `deterministic`). Returns (checkpoint directory, final
-    reported metrics).
+    (the recipe's `deterministic`). `tracking`: the stage's MLflow run (a
+    `StepTracking`), which the worker of rank 0 logs step metrics into. Returns
+    (checkpoint directory, final reported metrics).
     """
     from ray.train import (CheckpointConfig, FailureConfig, LoggingConfig,
                            RunConfig, ValidationConfig, ValidationTaskConfig)
@@ -228,7 +229,7 @@ def fit_stage(stage: StageConfig, cache_dir: str | Path, init_from: str | Path,
             deterministic=deterministic,
             validate=validation is not None, frame_size=frame_size,
             predict=PredictJob(**predict, cache_dir=str(cache_dir))
-            if predict else None).to_config(),
+            if predict else None, tracking=tracking).to_config(),
         scaling_config=ray_scaling(scaling),
         datasets=datasets, dataset_config=data_config,
         validation_config=ValidationConfig(

@@ -80,8 +80,10 @@ def searcher(search: str, points: list[dict], seed: int, concurrent: int):
 
 def tune_sweep(trial: Trial, recipe: Recipe, space: SweepSpace, trials: int, sweep_dir: Path,
                fixed: dict, concurrent: int, search: str = "optuna",
-               points: list[dict] | None = None, seed: int = 0, early_stopping: bool = True):
-    """Run (or resume) the sweep's trials on Ray Tune with ASHA; returns the ResultGrid."""
+               points: list[dict] | None = None, seed: int = 0, early_stopping: bool = True,
+               tracking: dict | None = None):
+    """Run (or resume) the sweep's trials on Ray Tune with ASHA; returns the ResultGrid.
+    `tracking`: {uri, experiment, parent}: each trial an MLflow run under `parent`."""
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
@@ -93,7 +95,7 @@ def tune_sweep(trial: Trial, recipe: Recipe, space: SweepSpace, trials: int, swe
     if tune.Tuner.can_restore(str(storage / "sweep")):  # an interrupted sweep resumes
         log.info("sweep: resuming the Tune experiment under %s", storage / "sweep")
         tuner = tune.Tuner.restore(str(storage / "sweep"), trainable=trainable,
-                                   resume_errored=True)
+                                   resume_errored=True)  # with the callbacks it began with
         return tuner.fit()
     scheduler = ASHAScheduler(time_attr="training_iteration", max_t=len(recipe.stages),
                               grace_period=1, reduction_factor=2) if early_stopping else None
@@ -103,7 +105,9 @@ def tune_sweep(trial: Trial, recipe: Recipe, space: SweepSpace, trials: int, swe
                                     search_alg=searcher(search, points or [], seed, concurrent),
                                     scheduler=scheduler, max_concurrent_trials=concurrent,
                                     trial_dirname_creator=_trial_dirname),
-        run_config=tune.RunConfig(name="sweep", storage_path=str(storage.resolve())))
+        run_config=tune.RunConfig(
+            name="sweep", storage_path=str(storage.resolve()),
+            callbacks=[trial_runs(**tracking, stages=len(recipe.stages))] if tracking else None))
     return tuner.fit()
 
 
@@ -115,3 +119,48 @@ def _trial_dirname(trial) -> str:
 def _tune_points(points: list[dict]) -> list[dict] | None:
     return [{tune_key(k): v for k, v in p.items()} for p in points] or None
 
+
+
+def trial_runs(uri: str, experiment: str, parent: str, stages: int):
+    """Ray Tune's MLflow callback, each trial's run nested under the sweep's (`parent`):
+    the sampled parameters under their `{stage}/{key}` names, each stage's reported
+    objective and metrics at step = stage, and a `stopped_early` tag at the end. An
+    unreachable server is logged and the sweep goes on (the sweep directory keeps the
+    record)."""
+    from ray.air.integrations.mlflow import MLflowLoggerCallback
+
+    class TrialRuns(MLflowLoggerCallback):
+        def log_trial_start(self, trial):
+            _guarded(self._start, trial)
+
+        def log_trial_result(self, iteration, trial, result):
+            _guarded(super().log_trial_result, iteration, trial, result)
+
+        def log_trial_end(self, trial, failed=False):
+            _guarded(self._end, trial, failed)
+
+        def _start(self, trial):
+            if trial not in self._trial_runs:
+                run = self.mlflow_util.start_run(tags={**self.tags, "trial_name": str(trial)},
+                                                 run_name=str(trial))
+                self._trial_runs[trial] = run.info.run_id
+                self.mlflow_util.log_params(run_id=run.info.run_id,
+                                            params_to_log=trial_params(trial.config))
+
+        def _end(self, trial, failed):
+            if trial in self._trial_runs:
+                reached = (trial.last_result or {}).get("stage", 0)
+                self.mlflow_util._get_client().set_tag(
+                    self._trial_runs[trial], "stopped_early",
+                    str(not failed and reached < stages).lower())
+                super().log_trial_end(trial, failed)
+
+    return TrialRuns(uri, experiment_name=experiment, tags={"mlflow.parentRunId": parent})
+
+
+def _guarded(call, *args):
+    try:
+        call(*args)
+    except Exception as exc:  # a tracking outage must not fail the sweep
+        log.warning("MLflow: %s failed (%s); the sweep goes on, its directory keeps the record",
+                    getattr(call, "__name__", "a call"), str(exc)[:300])

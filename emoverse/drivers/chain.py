@@ -120,12 +120,15 @@ def prefix_key(parent_key: str, stage: StageConfig) -> str:
 
 def train_stages(recipe: Recipe, data: ChainData, store: StageStore,
                  only: list[str] | None = None,
-                 predict: Callable[[StageConfig], dict | None] | None = None
+                 predict: Callable[[StageConfig], dict | None] | None = None,
+                 track: Callable[[StageConfig], object] | None = None
                  ) -> Iterator[StageDone]:
     """Train (or reuse) the recipe's stages in order, each from the previous one's
     checkpoint, yielding each when done. With `only`, the chain ends at the last of those
     stages, and every stage before them must have finished already. `predict(stage)`:
-    the rows a trained stage's workers answer at the end (`fit_stage`'s `predict`)."""
+    the rows a trained stage's workers answer at the end (`fit_stage`'s `predict`).
+    `track(stage)`: the MLflow run its worker of rank 0 logs into (`fit_stage`'s
+    `tracking`), asked for just before the stage trains."""
     lineage = {"recipe": recipe.digest(), "manifest": data.manifest_hash,
                "media_cache": Path(data.cache).name, "run_seed": recipe.seed}
     parent, key = data.base_model, data.key
@@ -150,7 +153,8 @@ def train_stages(recipe: Recipe, data: ChainData, store: StageStore,
                                          "stage_seed": configured.seed},
                                         validation=data.validation,
                                         frame_size=recipe.media.size, predict=asked,
-                                        deterministic=recipe.deterministic)
+                                        deterministic=recipe.deterministic,
+                                        tracking=track(stage) if track else None)
             run.keep_stage(stage.name, final, str(parent), validated_metrics(reported) or None)
             answers = final if asked else None
         yield StageDone(stage, index, checkpoint, trained, answers)

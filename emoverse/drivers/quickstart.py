@@ -18,6 +18,7 @@ from emoverse.drivers.training import results_table, train_recipe
 from emoverse.media.cache import face_table
 from emoverse.phase_clock import PhaseClock
 from emoverse.recipe import load_recipe
+from emoverse.tracking.runs import tracked_at
 
 log = logger(__name__)
 
@@ -52,6 +53,7 @@ def next_steps(run_dir: Path) -> str:
         "  serve this run and open its page (try the demo clips; OpenAI-style API on "
         "http://127.0.0.1:8000/v1):",
         f"    emoverse serve run {run} --media-root {run}/data --open",
+        *tracked_at(run_dir),
         "  evaluate it on another EMT manifest (for one from `emoverse emt build`):",
         f"    emoverse eval run --model {run} --manifest OTHER.parquet",
         "  train the paper's recipe on real data (README: the EMT set, real bases):",

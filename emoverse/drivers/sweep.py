@@ -30,6 +30,7 @@ from emoverse.recipe_paths import resolve_paths
 from emoverse.rundir import RunDir
 from emoverse.sweep_space import (SweepSpace, param_name, point_params, recipe_point,
                                   trial_overrides)
+from emoverse.tracking.sweeps import SweepTracking, settings_json
 
 log = logger(__name__)
 BEST = "best-recipe.yaml"
@@ -64,6 +65,25 @@ def run_sweep(recipe: Recipe, space: SweepSpace, trials: int, sweep_dir: str | P
     frame = read_manifest(manifest).to_pandas()
     if not (frame.split == "valid").any():
         raise ValueError(f"manifest {manifest} has no 'valid' split to optimise on")
+    tracking = SweepTracking.open(recipe, space, settings_json(
+        trials=trials, search=search, seed=seed, baseline=baseline,
+        early_stopping=early_stopping), sweep.path)  # an unreachable server fails here
+    try:
+        result = _sweep(recipe, space, trials, sweep, base, manifest, search, seed, baseline,
+                        early_stopping, tracking)
+    except BaseException:
+        if tracking:
+            tracking.finish(None, [], "FAILED")
+        raise
+    if tracking:
+        tracking.finish(result["best"], [sweep.path / "trials.csv", sweep.path / "objective.png",
+                                         sweep.path / BEST])
+    return result
+
+
+def _sweep(recipe: Recipe, space: SweepSpace, trials: int, sweep: RunDir, base: str,
+           manifest: Path, search: str, seed: int, baseline: bool, early_stopping: bool,
+           tracking: SweepTracking | None) -> dict:
     ensure_ray()
     cache = run_media_stage(manifest, recipe.media, sweep.media_cache,
                             resources=recipe.scaling.media_resources,
@@ -77,7 +97,8 @@ def run_sweep(recipe: Recipe, space: SweepSpace, trials: int, sweep_dir: str | P
              trials, search, seed, concurrent, "ASHA" if early_stopping else "no early stopping",
              len(recipe.stages), sweep.path)
     results = tune_sweep(run_trial, recipe, space, trials, sweep.path, fixed, concurrent,
-                         search, start_points(recipe, space, baseline), seed, early_stopping)
+                         search, start_points(recipe, space, baseline), seed, early_stopping,
+                         tracking.trials if tracking else None)
     table = with_shares(trial_table(results), space)
     table.to_csv(sweep.path / "trials.csv", index=False)
     plot_objective(table, sweep.path / "objective.png")

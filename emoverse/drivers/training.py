@@ -31,6 +31,7 @@ from emoverse.phase_clock import PhaseClock, ProgressLog
 from emoverse.recipe import Recipe, StageConfig
 from emoverse.recipe_paths import resolve_paths
 from emoverse.rundir import RunDir
+from emoverse.tracking.runs import RecipeTracking
 from emoverse.train.reproducibility import metrics_digest
 from emoverse.train.curves import write_loss_curves
 
@@ -51,6 +52,18 @@ def train_recipe(recipe: Recipe, run_dir: str | Path, stages: list[str] | None =
     run = RunDir(run_dir)
     run.check(recipe)
     log.info("run directory: %s", run.path)
+    tracking = RecipeTracking.open(recipe, run.path)  # an unreachable server fails here
+    try:
+        results = _train_run(recipe, run, stages, evaluate, cache_root, clock, tracking)
+    except BaseException as exc:
+        tracking.finish("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
+        raise
+    tracking.finish()
+    return results
+
+
+def _train_run(recipe: Recipe, run: RunDir, stages: list[str] | None, evaluate: bool,
+               cache_root, clock: PhaseClock, tracking) -> dict:
     base = run.base_model(recipe)
     clock.mark("base model")
     manifest = run.manifest(recipe, progress=ProgressLog("demo clips", log))
@@ -83,23 +96,26 @@ def train_recipe(recipe: Recipe, run_dir: str | Path, stages: list[str] | None =
                       .to_pylist())
     in_stage = _stage_answers(recipe, rows.to_pandas(), base, split_tasks) \
         if evaluate and recipe.eval.in_train_workers else None
-    for done in train_stages(recipe, data, RunStore(run), only=stages, predict=in_stage):
+    for done in train_stages(recipe, data, RunStore(run), only=stages, predict=in_stage,
+                             track=tracking.stage_tracking):
         name = done.stage.name
         if done.trained:
             write_loss_curves({s.name: read_lineage(run.checkpoint(s.name))
                                for s in recipe.stages if run.is_finished(s.name)},
                               run.path / "loss.png")
+            tracking.stage_trained(done.stage, done.checkpoint, read_lineage(done.checkpoint))
         clock.mark(f"{'train' if done.trained else 'reuse'} {name}")
-        if not evaluate:
-            continue
         report = run.evaluation(name, recipe.eval.split)
-        if name not in results["stages"]:
+        if evaluate and name not in results["stages"]:
             log.info("evaluating %s on the %s split", name, recipe.eval.split)
             _record_evaluation(run, results, name, EvalRequest(
                 model=done.checkpoint, manifest=manifest, media=recipe.media, out=report,
                 config=recipe.eval, cache_root=cache_root, previous=previous_eval,
                 tasks=_evaluated_tasks(recipe, name, split_tasks), answers=done.answers))
+            tracking.stage_evaluated(done.stage, report, results["stages"][name]["metrics"],
+                                     recipe.eval.split)
             clock.mark(f"evaluate {name}")
+        tracking.stage_done(done.stage)
         previous_eval = report
     return results
 

@@ -32,6 +32,7 @@ from emoverse.model.checkpoint import (apply_trainable, attention_implementation
 from emoverse.model.inputs import Collator, fit_processor
 from emoverse.phase_clock import Countdown
 from emoverse.recipe import StageConfig
+from emoverse.tracking.sender import StepLog, StepTracking
 from emoverse.train.engine import make_engine
 from emoverse.train.loop import LoopState, train_epochs
 from emoverse.train.reproducibility import batch_seed, library_versions, use_deterministic_torch
@@ -75,6 +76,7 @@ class StageJob:
     # torch's deterministic algorithms and a seed per micro-batch (the recipe's
     # `deterministic`; the session must then give each process a fixed share of the data)
     deterministic: bool = False
+    tracking: StepTracking | None = None  # the MLflow run that rank 0 logs step metrics into
 
     def __post_init__(self):
         if self.predict and self.stage.strategy.kind != "ddp":
@@ -87,9 +89,10 @@ class StageJob:
 
     @classmethod
     def from_config(cls, config: Mapping) -> "StageJob":
-        predict = config.get("predict")
+        predict, tracking = config.get("predict"), config.get("tracking")
         return cls(**{**config, "stage": StageConfig(**config["stage"]),
-                      "predict": PredictJob(**predict) if predict else None})
+                      "predict": PredictJob(**predict) if predict else None,
+                      "tracking": StepTracking(**tracking) if tracking else None})
 
 
 class Session(Protocol):
@@ -119,7 +122,17 @@ class Session(Protocol):
 
 
 def train(job: StageJob, session: Session) -> LoopState:
-    """Run `job`'s stage on `session`, resuming from its checkpoint; the final loop state."""
+    """Run `job`'s stage on `session`, resuming from its checkpoint; the final loop state.
+    The process of rank 0 logs the step metrics to MLflow when `job.tracking` says where."""
+    steps = StepLog(job.tracking) if job.tracking and session.rank == 0 else None
+    try:
+        return _train(job, session, steps)
+    finally:
+        if steps:
+            steps.close()
+
+
+def _train(job: StageJob, session: Session, steps: StepLog | None) -> LoopState:
     import torch
 
     stage, main = job.stage, session.rank == 0
@@ -175,12 +188,14 @@ def train(job: StageJob, session: Session) -> LoopState:
     countdown = Countdown(state.step)
 
     def on_log(state: LoopState, metrics: dict) -> None:
-        report = progress(state, metrics)
+        report = {**progress(state, metrics), "lr": metrics["lr"]}
         if main:
             log.info("[%s] step %d/%d loss %.4f lr %.2e %.0f samples/s data wait %.0f%%, %s",
                      stage.name, state.step, job.total_steps, metrics["loss"], metrics["lr"],
                      report["samples_per_second"], 100 * state.data_wait_fraction,
                      countdown.left(state.step, job.total_steps))
+        if steps:
+            steps.log(state.step, report)
         session.report(report)  # every process reports at the same steps
 
     def on_checkpoint(state: LoopState, metrics: dict, final: bool) -> None:

@@ -129,3 +129,22 @@ def test_export_merges_the_adapter_into_a_standalone_model(run: Path, tmp_path):
     for (name, a), (_, b) in zip(merged.state_dict().items(), reference.state_dict().items()):
         assert torch.equal(a, b), name
     assert main(["export", str(run), "--out", str(tmp_path / "merged")]) == 2  # not empty
+
+
+def test_the_run_is_tracked_in_a_local_mlflow_store_offline(run: Path):
+    from mlflow.tracking import MlflowClient
+
+    from emoverse.drivers.quickstart import next_steps
+
+    store = f"sqlite:///{run / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=store)
+    experiment = client.get_experiment_by_name("m2se-tiny")
+    assert experiment.artifact_location == (run / "mlartifacts").as_uri()
+    runs = client.search_runs([experiment.experiment_id])
+    parent = next(r for r in runs if "mlflow.parentRunId" not in r.data.tags)
+    assert sorted(r.info.run_name for r in runs if r.data.tags.get("mlflow.parentRunId")
+                  == parent.info.run_id) == ["stage1-multitask-pretraining",
+                                             "stage2-reason-finetuning"]
+    assert all(r.info.status == "FINISHED" for r in runs) and len(runs) == 3
+    assert (run / "mlartifacts").is_dir()
+    assert f"mlflow ui --backend-store-uri {store}" in next_steps(run)

@@ -145,6 +145,7 @@ class Experiment:
     def _write(self) -> None:
         data = json.loads(self.record.read_text()) if self.record.is_file() else {}
         data[self.uri] = {"experiment_id": self.experiment_id, "runs": self.ids}
+        self.record.parent.mkdir(parents=True, exist_ok=True)
         self.record.write_text(json.dumps(data, indent=2))
 
 

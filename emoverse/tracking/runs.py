@@ -10,6 +10,7 @@ same MLflow runs: a resumed stage logs into the run it started.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import time
@@ -30,11 +31,7 @@ PARAMS_PER_CALL = 100  # and on params per log_batch
 
 
 def mlflow_installed() -> bool:
-    try:
-        import mlflow  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    return importlib.util.find_spec("mlflow") is not None
 
 
 def tracking_uri(config: TrackingConfig, run_path: Path) -> str:
@@ -89,12 +86,36 @@ def flat_metrics(data: dict, prefix: str) -> dict[str, float]:
     return out
 
 
+def open_experiment(recipe: Recipe, path: Path) -> "Experiment | None":
+    """The recipe's MLflow experiment for a run or sweep directory `path`, its server
+    checked to answer (TrackingUnreachable, naming it, if not); None when tracking is off,
+    or left to MLflow being installed and it is not."""
+    config = recipe.tracking
+    if config.enabled is False or (config.enabled is None and not mlflow_installed()):
+        if config.enabled is None and os.environ.get("MLFLOW_TRACKING_URI"):
+            log.warning("MLFLOW_TRACKING_URI is set but MLflow is not installed: this run is "
+                        "not tracked (pip install 'emoverse[tracking]')")
+        return None
+    uri = tracking_uri(config, path)
+    local = config.uri is None and not os.environ.get("MLFLOW_TRACKING_URI")
+    if local:
+        path.mkdir(parents=True, exist_ok=True)
+    sender = Sender(uri, config.patience_s)
+    sender.check()
+    name = config.experiment or os.environ.get("MLFLOW_EXPERIMENT_NAME") or recipe.name
+    experiment = Experiment(sender, name, path / RECORD,
+                            (path / LOCAL_ARTIFACTS).as_uri() if local else None)
+    log.info("tracking in MLflow at %s, experiment %r%s", uri, name,
+             f" (see it: {local_ui_command(path)})" if local else "")
+    return experiment
+
+
 class Experiment:
     """MLflow runs of one experiment through a `Sender`, and their ids kept in a file."""
 
     def __init__(self, sender: Sender, name: str, record: Path,
                  artifact_location: str | None = None):
-        self.sender, self.uri, self.record = sender, sender.uri, record
+        self.sender, self.uri, self.record, self.name = sender, sender.uri, record, name
         found = sender.call("get_experiment_by_name", name)
         self.experiment_id = found.experiment_id if found else sender.call(
             "create_experiment", name, artifact_location=artifact_location)
@@ -183,29 +204,14 @@ class RecipeTracking:
         experiment.params(self.run_id, {**flat_params(settings),
                                         "stages": ",".join(s.name for s in recipe.stages)})
         self._stages: dict[str, str] = {}
+        log.info("this run is MLflow run %s; each stage a run nested under it", self.run_id)
 
     @classmethod
     def open(cls, recipe: Recipe, run_path: str | Path):
         """The run's tracking, checked to answer before any work; NoTracking when
         tracking is off (or left to MLflow being installed, and it is not)."""
-        config, run_path = recipe.tracking, Path(run_path).resolve()
-        if config.enabled is False or (config.enabled is None and not mlflow_installed()):
-            if config.enabled is None and os.environ.get("MLFLOW_TRACKING_URI"):
-                log.warning("MLFLOW_TRACKING_URI is set but MLflow is not installed: this run "
-                            "is not tracked (pip install 'emoverse[tracking]')")
-            return NoTracking()
-        uri = tracking_uri(config, run_path)
-        local = config.uri is None and not os.environ.get("MLFLOW_TRACKING_URI")
-        if local:
-            run_path.mkdir(parents=True, exist_ok=True)
-        sender = Sender(uri, config.patience_s)
-        sender.check()
-        name = config.experiment or os.environ.get("MLFLOW_EXPERIMENT_NAME") or recipe.name
-        location = (run_path / LOCAL_ARTIFACTS).as_uri() if local else None
-        tracking = cls(Experiment(sender, name, run_path / RECORD, location), recipe, run_path)
-        log.info("tracking in MLflow at %s, experiment %r, run %s%s", uri, name,
-                 tracking.run_id, f" (see it: {local_ui_command(run_path)})" if local else "")
-        return tracking
+        experiment = open_experiment(recipe, Path(run_path).resolve())
+        return cls(experiment, recipe, Path(run_path).resolve()) if experiment else NoTracking()
 
     def stage_tracking(self, stage: StageConfig) -> StepTracking | None:
         """The stage's nested run (created, or continued after an interruption), for the

@@ -10,15 +10,13 @@ resumed sweep continues it.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 from emoverse.console import logger
 from emoverse.recipe import Recipe
 from emoverse.sweep_space import SweepSpace
-from emoverse.tracking.runs import (LOCAL_ARTIFACTS, RECORD, Experiment, flat_params,
-                                    local_ui_command, mlflow_installed, tracking_uri)
-from emoverse.tracking.sender import Sender, TrackingUnreachable
+from emoverse.tracking.runs import Experiment, flat_params, open_experiment
+from emoverse.tracking.sender import TrackingUnreachable
 
 log = logger(__name__)
 
@@ -26,40 +24,29 @@ log = logger(__name__)
 class SweepTracking:
     """A sweep's parent run; `trials` says where Tune's callback nests the trials."""
 
-    def __init__(self, experiment: Experiment, name: str, recipe: Recipe, space: SweepSpace,
+    def __init__(self, experiment: Experiment, recipe: Recipe, space: SweepSpace,
                  settings: dict, sweep_path: Path):
-        self.experiment, self.name, self.sweep_path = experiment, name, sweep_path
+        self.experiment, self.sweep_path = experiment, sweep_path
         self.uri = experiment.uri
         self.run_id = experiment.run("sweep", f"sweep {recipe.name} ({sweep_path.name})", tags={
             "emoverse.sweep_dir": str(sweep_path), "emoverse.recipe_digest": recipe.digest()})
         experiment.params(self.run_id, {
             **flat_params(settings), **flat_params(space.model_dump(mode="json"), "space."),
             "recipe": recipe.name, "stages": ",".join(s.name for s in recipe.stages)})
+        log.info("the sweep is MLflow run %s; each trial a run nested under it", self.run_id)
 
     @classmethod
     def open(cls, recipe: Recipe, space: SweepSpace, settings: dict, sweep_path: str | Path):
-        """The sweep's parent run, checked to answer before any work; None when tracking
-        is off (or left to MLflow being installed, and it is not)."""
-        config, sweep_path = recipe.tracking, Path(sweep_path).resolve()
-        if config.enabled is False or (config.enabled is None and not mlflow_installed()):
-            return None
-        uri = tracking_uri(config, sweep_path)
-        local = config.uri is None and not os.environ.get("MLFLOW_TRACKING_URI")
-        sweep_path.mkdir(parents=True, exist_ok=True)
-        sender = Sender(uri, config.patience_s)
-        sender.check()
-        name = config.experiment or os.environ.get("MLFLOW_EXPERIMENT_NAME") or recipe.name
-        location = (sweep_path / LOCAL_ARTIFACTS).as_uri() if local else None
-        tracking = cls(Experiment(sender, name, sweep_path / RECORD, location), name, recipe,
-                       space, settings, sweep_path)
-        log.info("tracking the sweep in MLflow at %s, experiment %r, run %s%s", uri, name,
-                 tracking.run_id, f" (see it: {local_ui_command(sweep_path)})" if local else "")
-        return tracking
+        """The sweep's parent run, its server checked to answer before any work; None when
+        tracking is off (or left to MLflow being installed, and it is not)."""
+        experiment = open_experiment(recipe, Path(sweep_path).resolve())
+        return cls(experiment, recipe, space, settings, Path(sweep_path).resolve()) \
+            if experiment else None
 
     @property
     def trials(self) -> dict:
         """What Tune's MLflow callback needs to nest the trials under this run."""
-        return {"uri": self.uri, "experiment": self.name, "parent": self.run_id}
+        return {"uri": self.uri, "experiment": self.experiment.name, "parent": self.run_id}
 
     def finish(self, best: dict | None, files: list[Path], status: str = "FINISHED") -> None:
         try:

@@ -20,7 +20,9 @@ WORKDIR /home/ray/emoverse
 # and keep the base image's Ray.
 COPY --chown=ray:users pyproject.toml README.md constraints-cpu.txt ./
 COPY --chown=ray:users emoverse ./emoverse
-RUN pip install --no-cache-dir -c constraints-cpu.txt . \
+# The tracking extra (MLflow): runs are tracked in $MLFLOW_TRACKING_URI, or in a store in
+# each run directory on the shared volume.
+RUN pip install --no-cache-dir -c constraints-cpu.txt ".[tracking]" \
     && python -c "import emoverse.cli, ray; assert ray.__version__ == '${RAY_VERSION}', ray.__version__"
 
 # Job files and cluster configs travel with the image, for `emoverse submit` from a pod.

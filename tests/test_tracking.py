@@ -163,6 +163,29 @@ def test_without_mlflow_tracking_is_off_unless_asked_for(tmp_path, monkeypatch):
         runs.RecipeTracking.open(load_recipe("m2se-tiny", ["tracking.enabled=true"]), tmp_path)
 
 
+def test_a_rerun_continues_its_runs_and_a_fixed_recipe_starts_new_ones(tmp_path, monkeypatch):
+    from emoverse.tracking.runs import RecipeTracking
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    recipe = load_recipe("m2se-tiny")
+    first = RecipeTracking.open(recipe, tmp_path)  # the run directory's own store
+    assert first.uri == f"sqlite:///{tmp_path / 'mlflow.db'}"
+    stage = first.stage_tracking(recipe.stages[0])
+    first.finish("FAILED")  # say, refused for its sequence budget
+    again = RecipeTracking.open(recipe, tmp_path)
+    assert (again.run_id, again.stage_tracking(recipe.stages[0]).run_id) == \
+        (first.run_id, stage.run_id)
+    again.finish()
+    fixed = RecipeTracking.open(load_recipe("m2se-tiny", ["stages.0.max_length=4096"]),
+                                tmp_path)  # changed params: MLflow keeps params as first set
+    assert fixed.run_id != first.run_id
+    fixed.finish()
+    client = fixed.experiment.sender.client
+    assert client.get_run(first.run_id).info.status == "FINISHED"
+    assert client.get_experiment_by_name("m2se-tiny").artifact_location == \
+        (tmp_path / "mlartifacts").as_uri()
+
+
 SHORT = ["data.demo_size=100", "stages.0.epochs=1", "stages.0.epoch_size=32",
          "stages.0.log_every=1", "stages.1.epochs=1", "stages.1.epoch_size=32",
          "stages.1.log_every=1"]
@@ -217,6 +240,7 @@ def test_a_recipe_run_is_one_mlflow_run_with_a_run_per_stage(server, tmp_path):
     again = client.search_runs([experiment])
     assert sorted(r.info.run_id for r in again) == sorted(r.info.run_id for r in runs)
     assert all(r.info.status == "FINISHED" for r in again)
+    assert json.loads((run / "mlflow.json").read_text())[server.uri]["digest"] == recipe.digest()
     assert json.loads((run / "mlflow.json").read_text())[server.uri]["runs"] == {
         "run": parent.info.run_id, **{f"stage:{n}": r.info.run_id for n, r in stages.items()}}
 

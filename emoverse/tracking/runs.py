@@ -103,7 +103,7 @@ def open_experiment(recipe: Recipe, path: Path) -> "Experiment | None":
     sender = Sender(uri, config.patience_s)
     sender.check()
     name = config.experiment or os.environ.get("MLFLOW_EXPERIMENT_NAME") or recipe.name
-    experiment = Experiment(sender, name, path / RECORD,
+    experiment = Experiment(sender, name, path / RECORD, recipe.digest(),
                             (path / LOCAL_ARTIFACTS).as_uri() if local else None)
     log.info("tracking in MLflow at %s, experiment %r%s", uri, name,
              f" (see it: {local_ui_command(path)})" if local else "")
@@ -113,9 +113,10 @@ def open_experiment(recipe: Recipe, path: Path) -> "Experiment | None":
 class Experiment:
     """MLflow runs of one experiment through a `Sender`, and their ids kept in a file."""
 
-    def __init__(self, sender: Sender, name: str, record: Path,
+    def __init__(self, sender: Sender, name: str, record: Path, digest: str,
                  artifact_location: str | None = None):
         self.sender, self.uri, self.record, self.name = sender, sender.uri, record, name
+        self.digest = digest  # the recipe's: runs recorded for another recipe are not reused
         found = sender.call("get_experiment_by_name", name)
         self.experiment_id = found.experiment_id if found else sender.call(
             "create_experiment", name, artifact_location=artifact_location)
@@ -161,11 +162,14 @@ class Experiment:
     def _recorded(self) -> dict[str, str]:
         if not self.record.is_file():
             return {}
-        return json.loads(self.record.read_text()).get(self.uri, {}).get("runs", {})
+        recorded = json.loads(self.record.read_text()).get(self.uri, {})
+        # a recipe refused before its run began (budget, faces) and then fixed: new runs
+        return recorded.get("runs", {}) if recorded.get("digest") == self.digest else {}
 
     def _write(self) -> None:
         data = json.loads(self.record.read_text()) if self.record.is_file() else {}
-        data[self.uri] = {"experiment_id": self.experiment_id, "runs": self.ids}
+        data[self.uri] = {"experiment_id": self.experiment_id, "digest": self.digest,
+                          "runs": self.ids}
         self.record.parent.mkdir(parents=True, exist_ok=True)
         self.record.write_text(json.dumps(data, indent=2))
 

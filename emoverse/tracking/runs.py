@@ -126,8 +126,14 @@ class Experiment:
             tags: dict | None = None) -> str:
         """The id of the run recorded under `key`, marked running again, or a new one."""
         if key in self.ids:
-            self.sender.call("update_run", self.ids[key], status="RUNNING")
-            return self.ids[key]
+            try:
+                self.sender.call("update_run", self.ids[key], status="RUNNING")
+                return self.ids[key]
+            except TrackingUnreachable:
+                raise
+            except Exception as exc:  # deleted in MLflow since: start a new one
+                log.warning("MLflow run %s (%s) cannot be continued (%s); starting a new one",
+                            self.ids[key], name, str(exc)[:200])
         tags = {**(tags or {}), **({PARENT: parent} if parent else {})}
         run = self.sender.call("create_run", self.experiment_id, run_name=name, tags=tags)
         self.ids[key] = run.info.run_id
@@ -220,9 +226,8 @@ class RecipeTracking:
     def stage_tracking(self, stage: StageConfig) -> StepTracking | None:
         """The stage's nested run (created, or continued after an interruption), for the
         step metrics of its process of rank 0; None if the server does not answer."""
-        try:
-            run_id = self._stage_run(stage)
-        except TrackingUnreachable:
+        run_id = self._quiet(self._stage_run, stage)
+        if run_id is None:
             return None
         return StepTracking(self.uri, run_id, self.recipe.tracking.patience_s)
 
@@ -271,7 +276,12 @@ class RecipeTracking:
         return self._stages[stage.name]
 
     def _quiet(self, fn, *args):
+        """`fn(*args)`, or None when MLflow fails it: tracking never stops a run midway."""
         try:
             return fn(*args)
         except TrackingUnreachable:
+            return None  # the sender has said so
+        except Exception as exc:
+            log.warning("MLflow at %s: %s; the run goes on, its directory keeps the record",
+                        self.uri, str(exc)[:300])
             return None

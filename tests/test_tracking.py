@@ -258,12 +258,15 @@ def test_a_two_trial_sweep_is_a_parent_run_with_a_run_per_trial(server, tmp_path
     short = [*SHORT, "stages.0.epoch_size=48", "eval.batch_size=64",
              f"tracking.uri={server.uri}", "tracking.experiment=sweeps"]
     sweep = tmp_path / "sweep"
+    before = os.environ.get("MLFLOW_TRACKING_URI")
     ray.init(num_cpus=2, include_dashboard=False)
     try:
         assert main(["sweep", "m2se-tiny", *short, "--space", str(space), "--trials", "2",
                      "--sweep-dir", str(sweep)]) == 0
     finally:
         ray.shutdown()
+    # Tune's callback sets MLflow's URI, which MLflow exports to the environment: undone
+    assert os.environ.get("MLFLOW_TRACKING_URI") == before
     import pandas as pd
 
     table = pd.read_csv(sweep / "trials.csv")

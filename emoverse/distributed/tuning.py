@@ -16,6 +16,7 @@ seeded, so a sweep's sequence of trials is reproducible.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Callable
 
@@ -24,6 +25,7 @@ from emoverse.recipe import Recipe
 from emoverse.sweep_space import SweepSpace, param_name
 
 log = logger(__name__)
+URI_VARIABLE = "MLFLOW_TRACKING_URI"
 Trial = Callable[[dict, dict, Callable[[dict], None]], None]  # (params, fixed, report)
 
 
@@ -130,6 +132,19 @@ def trial_runs(uri: str, experiment: str, parent: str, stages: int):
     from ray.air.integrations.mlflow import MLflowLoggerCallback
 
     class TrialRuns(MLflowLoggerCallback):
+        def setup(self, *args, **kwargs):
+            # MLflow's set_tracking_uri, which this calls, also exports MLFLOW_TRACKING_URI
+            # to the process's environment: keep the caller's (later runs in this process,
+            # and its subprocesses, would track to the sweep's server)
+            before = os.environ.get(URI_VARIABLE)
+            try:
+                _guarded(super().setup, *args, **kwargs)
+            finally:
+                if before is None:
+                    os.environ.pop(URI_VARIABLE, None)
+                else:
+                    os.environ[URI_VARIABLE] = before
+
         def log_trial_start(self, trial):
             _guarded(self._start, trial)
 
@@ -158,9 +173,9 @@ def trial_runs(uri: str, experiment: str, parent: str, stages: int):
     return TrialRuns(uri, experiment_name=experiment, tags={"mlflow.parentRunId": parent})
 
 
-def _guarded(call, *args):
+def _guarded(call, *args, **kwargs):
     try:
-        call(*args)
+        call(*args, **kwargs)
     except Exception as exc:  # a tracking outage must not fail the sweep
         log.warning("MLflow: %s failed (%s); the sweep goes on, its directory keeps the record",
                     getattr(call, "__name__", "a call"), str(exc)[:300])

@@ -246,17 +246,15 @@ async def _analyze_fields(request: Request) -> tuple[dict, UploadFile | None]:
 
 def parse_json(raw: bytes | str, field: str, status: int = 400):
     """`raw` parsed, nested at most MAX_JSON_DEPTH levels (deeper is a 400, not a crash)."""
+    too_deep = ServingError(400, field, f"JSON nested deeper than {MAX_JSON_DEPTH} levels")
     try:
         value = json.loads(raw)
-    except RecursionError:
-        value = None
-        depth = MAX_JSON_DEPTH + 1
+    except RecursionError:  # far deeper than the bound: the parser gave up first
+        raise too_deep from None
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ServingError(status, field, f"malformed JSON ({exc})") from None
-    else:
-        depth = _depth(value)
-    if depth > MAX_JSON_DEPTH:
-        raise ServingError(400, field, f"JSON nested deeper than {MAX_JSON_DEPTH} levels")
+    if _depth(value) > MAX_JSON_DEPTH:
+        raise too_deep
     return value
 
 

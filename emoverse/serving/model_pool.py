@@ -3,7 +3,8 @@
 Model ids sharing a base (a run's stages, tenant adapters) share its weights: adapters
 are attached to one peft model under their model id and switched per batch; an id with
 no adapter runs with the adapters disabled. Plain Python and torch, no Ray: the Serve
-deployment calls `load`, `unload` and `stream` (one generation at a time per pool).
+deployment calls `load`, `unload`, `generate` (whole answers) and `stream` (one
+generation at a time per pool).
 """
 
 from __future__ import annotations
@@ -116,9 +117,7 @@ class ModelPool:
             entry = self.catalog.entry(model_id)
             base = self._load(entry)
             start = time.perf_counter()
-            enc = base.collate({"prompt": [j.prompt for j in jobs],
-                                "frames": [j.frames for j in jobs]})
-            enc = {k: v.to(base.device) if hasattr(v, "to") else v for k, v in enc.items()}
+            enc = _encode(base, jobs)
             budget = max(j.max_new_tokens for j in jobs)
             with _selected(base, entry):
                 new = greedy_new_tokens(base.model, enc, budget)
@@ -193,10 +192,8 @@ class ModelPool:
                 self._settle()
                 entry = self.catalog.entry(model_id)
                 base = self._load(entry)
-                enc = base.collate({"prompt": [j.prompt for j in jobs],
-                                    "frames": [j.frames for j in jobs]})
+                enc = _encode(base, jobs)
                 steps.put((base, enc["attention_mask"], time.perf_counter()))
-                enc = {k: v.to(base.device) if hasattr(v, "to") else v for k, v in enc.items()}
                 with _selected(base, entry):
                     greedy_new_tokens(base.model, enc, max(j.max_new_tokens for j in jobs),
                                       streamer=Steps())
@@ -225,6 +222,12 @@ class ModelPool:
                      collate=Collator(processor, train=False))
         self._bases[path] = base
         return base
+
+
+def _encode(base: _Base, jobs: list[Job]) -> dict:
+    """The jobs as one batch of model inputs, on the base's device."""
+    enc = base.collate({"prompt": [j.prompt for j in jobs], "frames": [j.frames for j in jobs]})
+    return {k: v.to(base.device) if hasattr(v, "to") else v for k, v in enc.items()}
 
 
 def _device() -> str:

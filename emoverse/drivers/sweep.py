@@ -30,7 +30,7 @@ from emoverse.recipe_paths import resolve_paths
 from emoverse.rundir import RunDir
 from emoverse.sweep_space import (SweepSpace, param_name, point_params, recipe_point,
                                   trial_overrides)
-from emoverse.tracking.sweeps import SweepTracking, settings_json
+from emoverse.tracking.sweeps import SweepTracking
 
 log = logger(__name__)
 BEST = "best-recipe.yaml"
@@ -65,9 +65,9 @@ def run_sweep(recipe: Recipe, space: SweepSpace, trials: int, sweep_dir: str | P
     frame = read_manifest(manifest).to_pandas()
     if not (frame.split == "valid").any():
         raise ValueError(f"manifest {manifest} has no 'valid' split to optimise on")
-    tracking = SweepTracking.open(recipe, space, settings_json(
-        trials=trials, search=search, seed=seed, baseline=baseline,
-        early_stopping=early_stopping), sweep.path)  # an unreachable server fails here
+    tracking = SweepTracking.open(recipe, space, {
+        "trials": trials, "search": search, "seed": seed, "baseline": baseline,
+        "early_stopping": early_stopping}, sweep.path)  # an unreachable server fails here
     try:
         result = _sweep(recipe, space, trials, sweep, base, manifest, search, seed, baseline,
                         early_stopping, tracking)

@@ -41,9 +41,9 @@ def mlflow_client(uri: str):
 class Sender:
     """An MLflow client whose calls run in order on a background thread."""
 
-    def __init__(self, uri: str, patience_s: float = 30.0, client=None):
+    def __init__(self, uri: str, patience_s: float = 30.0):
         self.uri, self.patience_s = uri, patience_s
-        self.client = client if client is not None else mlflow_client(uri)
+        self.client = mlflow_client(uri)
         self._queue: queue.Queue = queue.Queue()
         self._oldest: float | None = None  # when the call now being sent was queued
         self._down = False
@@ -63,12 +63,12 @@ class Sender:
         self._queue.put((time.monotonic(), method, args, kwargs, done))
         return done
 
-    def call(self, method: str, *args, timeout: float | None = None, **kwargs) -> Any:
+    def call(self, method: str, *args, **kwargs) -> Any:
         """`client.<method>(...)` through the queue, waiting for its result (at most
-        `timeout`, default `patience_s`); TrackingUnreachable when it does not come."""
+        `patience_s`); TrackingUnreachable when it does not come."""
         future = self.submit(method, *args, **kwargs)
         try:
-            return future.result(timeout=self.patience_s if timeout is None else timeout)
+            return future.result(timeout=self.patience_s)
         except TimeoutError:
             self._mark_down(f"no answer within {self.patience_s:.0f} s")
             raise TrackingUnreachable(f"MLflow at {self.uri} did not answer {method}") from None
@@ -148,9 +148,9 @@ class StepLog:
 
     KEYS = ("loss", "lr", "samples_per_second", "data_wait_fraction")
 
-    def __init__(self, tracking: StepTracking, sender: Sender | None = None):
+    def __init__(self, tracking: StepTracking):
         self.run_id = tracking.run_id
-        self.sender = sender or Sender(tracking.uri, tracking.patience_s)
+        self.sender = Sender(tracking.uri, tracking.patience_s)
 
     def log(self, step: int, metrics: dict) -> None:
         from mlflow.entities import Metric

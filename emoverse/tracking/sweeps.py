@@ -9,14 +9,12 @@ resumed sweep continues it.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from emoverse.console import logger
 from emoverse.recipe import Recipe
 from emoverse.sweep_space import SweepSpace
 from emoverse.tracking.runs import Experiment, flat_params, open_experiment
-from emoverse.tracking.sender import TrackingUnreachable
 
 log = logger(__name__)
 
@@ -49,17 +47,10 @@ class SweepTracking:
         return {"uri": self.uri, "experiment": self.experiment.name, "parent": self.run_id}
 
     def finish(self, best: dict | None, files: list[Path], status: str = "FINISHED") -> None:
-        try:
-            if best:
-                self.experiment.metrics(self.run_id, {"best_objective": float(best["objective"])})
-                self.experiment.tag(self.run_id, "emoverse.best_trial", str(best["trial"]))
-            self.experiment.artifacts(self.run_id, files)
-            self.experiment.end(self.run_id, status)
-        except TrackingUnreachable:
-            pass
+        """End the parent run (queued calls: an outage is the sender's to log)."""
+        if best:
+            self.experiment.metrics(self.run_id, {"best_objective": float(best["objective"])})
+            self.experiment.tag(self.run_id, "emoverse.best_trial", str(best["trial"]))
+        self.experiment.artifacts(self.run_id, files)
+        self.experiment.end(self.run_id, status)
         self.experiment.sender.close()
-
-
-def settings_json(**settings) -> dict:
-    """Sweep settings as plain JSON values (params)."""
-    return json.loads(json.dumps(settings, default=str))

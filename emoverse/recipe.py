@@ -23,6 +23,24 @@ RECIPE_DIR = Path(__file__).parent / "recipes"
 TINY = "tiny"  # base_model naming the embedded default, written into the run directory
 
 
+class AudioConfig(Strict):
+    """The clip's audio track, for stages that hear (`StageConfig.audio`): decoded beside
+    the frames, mixed to mono, resampled and cut to the sampled span, and cached."""
+
+    sample_rate: PositiveInt = 16000  # what Whisper-style audio encoders take
+    # Spans longer than this keep their middle `max_seconds` (the cache holds this many
+    # samples a clip); Qwen2.5-Omni gives 25 audio tokens a second.
+    max_seconds: PositiveFloat = 10.0
+    # A clip without an audio track, or with one that cannot be decoded: "error" makes it
+    # unusable (reported in errors.csv); "silence" uses silence of the span's length and
+    # counts it in stats.json.
+    missing: Literal["error", "silence"] = "error"
+
+    @property
+    def max_samples(self) -> int:
+        return int(round(self.sample_rate * self.max_seconds))
+
+
 class MediaConfig(Strict):
     """How clips become model input; every field is part of the media cache key."""
 
@@ -45,6 +63,8 @@ class MediaConfig(Strict):
     detect_frames: PositiveInt | None = None
     max_source_side: PositiveInt = 4096  # larger sources are rejected as unusable
     use_peak_frame: bool = True  # sample OpenFace's peak-expression frame when known
+    # The audio track, decoded and cached beside the frames; None: frames only.
+    audio: AudioConfig | None = None
 
     @model_validator(mode="after")
     def _yunet_needs_weights(self) -> "MediaConfig":
@@ -52,8 +72,13 @@ class MediaConfig(Strict):
             raise ValueError("media.detector=yunet needs media.yunet_model (path to the ONNX file)")
         return self
 
+    def settings_json(self) -> str:
+        """The settings as JSON, `audio` left out when it is off: a frames-only cache keeps
+        the key it had before audio existed."""
+        return self.model_dump_json(exclude={"audio"} if self.audio is None else None)
+
     def key(self) -> str:
-        return hashlib.sha256(self.model_dump_json().encode()).hexdigest()[:12]
+        return hashlib.sha256(self.settings_json().encode()).hexdigest()[:12]
 
 
 class MixtureEntry(Strict):
@@ -129,6 +154,9 @@ class StageConfig(Strict):
     checkpoint_every: PositiveInt | None = None  # optimizer steps; epoch ends always save
     seed: int = 0
     log_every: PositiveInt = 50
+    # Feed the clip's audio track to the model beside the frames (needs media.audio and a
+    # base that hears, such as Qwen2.5-Omni's thinker). Off: frames and transcript only.
+    audio: bool = False
 
     @model_validator(mode="after")
     def _mixture_not_empty(self) -> "StageConfig":
@@ -199,6 +227,9 @@ class DataConfig(Strict):
     demo_seed: int = 0
     # A run warns for each task and split whose clips show a face less often than this.
     min_face_found: float = Field(0.8, ge=0.0, le=1.0)
+    # Share of the demo set's MSA and MER samples whose label the voice alone decides (a
+    # filler transcript, an unrelated face): source "demo-voice", scored apart.
+    demo_voice: float = Field(0.0, ge=0.0, le=1.0)
 
 
 class TrackingConfig(Strict):
@@ -217,9 +248,23 @@ class TrackingConfig(Strict):
     patience_s: PositiveFloat = 30.0
 
 
+def tiny_arch(base_model: str) -> str | None:
+    """The tiny architecture a recipe's `base_model` names ("tiny" is the default one,
+    "tiny:ARCH" another), or None for a real model."""
+    if base_model == TINY:
+        from emoverse.model.architectures import DEFAULT_ARCH
+
+        return DEFAULT_ARCH
+    if base_model.startswith(f"{TINY}:"):
+        return base_model.split(":", 1)[1]
+    return None
+
+
 class Recipe(Strict):
     name: str
-    base_model: str  # a model directory or hub id; "tiny" = the embedded default
+    # A model directory or hub id; "tiny" = the embedded default, "tiny:ARCH" the tiny
+    # model of another architecture (`emoverse model init-tiny --arch`).
+    base_model: str
     # The run's seed: each stage's seeds (data order, model init, dropout) derive from it and
     # the stage's own `seed` (`stage_seed`), so `seed=1` gives the whole run another draw.
     seed: int = 0
@@ -244,6 +289,29 @@ class Recipe(Strict):
             raise ValueError(f"recipe {self.name!r} needs stages with unique names, got {names}")
         return self
 
+    @model_validator(mode="after")
+    def _hearing_has_audio(self) -> "Recipe":
+        hearing = [s.name for s in self.stages if s.audio]
+        if hearing and self.media.audio is None:
+            raise ValueError(f"stage {hearing[0]!r} sets audio: true, but media.audio is not "
+                             "set: give media.audio (e.g. media.audio.max_seconds=10)")
+        return self
+
+    @model_validator(mode="after")
+    def _known_tiny_arch(self) -> "Recipe":
+        arch = tiny_arch(self.base_model)
+        if arch is not None:
+            from emoverse.model.architectures import ARCH_NAMES
+
+            if arch not in ARCH_NAMES:
+                raise ValueError(f"base_model {self.base_model!r}: no tiny architecture "
+                                 f"{arch!r}; choose one of {', '.join(ARCH_NAMES)}")
+        return self
+
+    def hears(self) -> bool:
+        """Whether any stage feeds the audio track to the model."""
+        return any(s.audio for s in self.stages)
+
     def stage(self, name: str) -> StageConfig:
         for s in self.stages:
             if s.name == name:
@@ -261,8 +329,23 @@ class Recipe(Strict):
         return stage.model_copy(update={"seed": stage_seed(self.seed, stage.seed)})
 
     def digest(self) -> str:
-        text = self.model_dump_json(exclude={"scaling": PLACEMENT_FIELDS, "tracking": True})
+        text = self.model_dump_json(exclude={"scaling": PLACEMENT_FIELDS, "tracking": True,
+                                             **_audio_off(self)})
         return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _audio_off(recipe: "Recipe") -> dict:
+    """The audio settings a recipe leaves at their defaults (off), kept out of its digest,
+    so a recipe written before audio existed keeps its digest (and its runs resume)."""
+    off = {}
+    if recipe.media.audio is None:
+        off["media"] = {"audio"}
+    if recipe.data.demo_voice == 0.0:
+        off["data"] = {"demo_voice"}
+    hearing = [i for i, s in enumerate(recipe.stages) if s.audio]
+    if not hearing:
+        off["stages"] = {"__all__": {"audio"}}
+    return off
 
 
 def stage_seed(run_seed: int, stage_seed: int) -> int:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from emoverse.recipe import TINY, Recipe, apply_overrides
+from emoverse.recipe import Recipe, apply_overrides, tiny_arch
 
 
 class BaseModelError(ValueError):
@@ -35,7 +35,7 @@ def resolve_paths(recipe: Recipe, cwd: str | Path | None = None) -> Recipe:
         overrides.append(f"data.manifest={absolute(recipe.data.manifest, cwd)}")
     if recipe.media.yunet_model:
         overrides.append(f"media.yunet_model={absolute(recipe.media.yunet_model, cwd)}")
-    if recipe.base_model != TINY:
+    if tiny_arch(recipe.base_model) is None:
         overrides.append(f"base_model={locate_base(recipe.base_model, cwd)}")
     return apply_overrides(recipe, overrides) if overrides else recipe
 

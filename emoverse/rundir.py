@@ -21,7 +21,7 @@ from pathlib import Path
 
 from emoverse.atomic_dir import atomic_dir
 from emoverse.model.checkpoint import LINEAGE, is_checkpoint
-from emoverse.recipe import TINY, Recipe, dump_recipe, load_recipe
+from emoverse.recipe import Recipe, dump_recipe, load_recipe, tiny_arch
 
 
 class RunDir:
@@ -73,14 +73,15 @@ class RunDir:
 
     def base_model(self, recipe: Recipe) -> str:
         """The recipe's base model; the embedded tiny one is written on first use."""
-        if recipe.base_model != TINY:
+        arch = tiny_arch(recipe.base_model)
+        if arch is None:
             return recipe.base_model
         from emoverse.model.tiny import write_tiny_model
         from emoverse.model.vocabulary import instruction_corpus
 
         out = self.path / "base-model"
         if not (out / "config.json").is_file():
-            write_tiny_model(out, instruction_corpus())
+            write_tiny_model(out, instruction_corpus(), arch=arch)
         return str(out)
 
     def manifest(self, recipe: Recipe, progress=None) -> Path:
@@ -96,7 +97,8 @@ class RunDir:
         if out.is_file():
             return out
         return build_demo(self.path / "data", size=recipe.data.demo_size,
-                          seed=recipe.data.demo_seed, progress=progress)
+                          seed=recipe.data.demo_seed, progress=progress,
+                          voice=recipe.data.demo_voice)
 
     def keep_stage(self, stage: str, ray_checkpoint: Path, parent: str,
                    validation: dict | None = None) -> Path:

@@ -8,7 +8,7 @@ from emoverse.cli.arguments import positive_int
 def _emt_demo(args) -> int:
     from emoverse.emt.demo import build_demo
 
-    path = build_demo(args.out, size=args.size, seed=args.seed)
+    path = build_demo(args.out, size=args.size, seed=args.seed, voice=args.voice)
     print(f"wrote {path}")
     return 0
 
@@ -94,6 +94,9 @@ def register(sub) -> None:
     demo.add_argument("--size", type=positive_int, default=400,
                       help="number of samples (default 400)")
     demo.add_argument("--seed", type=int, default=0, help="seed (default 0)")
+    demo.add_argument("--voice", type=float, default=0.0,
+                      help="share of MSA and MER samples whose label the voice alone decides "
+                           "(source demo-voice; default 0). Every clip has an audio track.")
     demo.set_defaults(func=_emt_demo)
 
     build = emt.add_parser(

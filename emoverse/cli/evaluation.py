@@ -68,7 +68,9 @@ def _eval(args) -> int:
 
     req = _request(args)
     metrics = evaluate(req)
-    print(table({req.model.name: metrics["tasks"], "majority baseline": metrics["baseline"]}))
+    print(table({req.model.name: metrics["tasks"], "majority baseline": metrics["baseline"]},
+                {req.model.name: metrics["sources"],
+                 "majority baseline": metrics["baseline_sources"]}))
     unparsed = {t: n for t, n in metrics["unparsed_counts"].items() if n}
     if unparsed:
         print(f"unparseable answers: {unparsed}")

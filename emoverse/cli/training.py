@@ -9,11 +9,14 @@ from emoverse.cli.arguments import positive_int
 from emoverse.console import logger
 
 log = logger(__name__)
+# the recipes the quickstart runs: the embedded default, and the same that also hears
+QUICKSTART_RECIPES = ("m2se-tiny", "m2se-tiny-audio")
+
 
 def _quickstart(args) -> int:
     from emoverse.drivers.quickstart import run_quickstart
 
-    run_quickstart(args.out, args.size, args.seed, args.overrides)
+    run_quickstart(args.out, args.size, args.seed, args.overrides, args.recipe)
     return 0
 
 
@@ -81,6 +84,10 @@ def register(sub) -> None:
                     help="demo set size in samples (default 4600; smaller runs faster but "
                          "learns the face-decided labels less)")
     qs.add_argument("--seed", type=int, default=0, help="demo set seed (default 0)")
+    qs.add_argument("--recipe", default=QUICKSTART_RECIPES[0], choices=QUICKSTART_RECIPES,
+                    help="m2se-tiny (default), or m2se-tiny-audio: a tiny Qwen2.5-Omni that "
+                         "also hears the clips, and a demo set whose voice decides some "
+                         "labels (scored apart in the table)")
     qs.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                     help="recipe overrides, e.g. stages.0.epochs=2 media.detector=yunet "
                          "media.yunet_model=/path/yunet.onnx")

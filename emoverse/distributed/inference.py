@@ -13,7 +13,9 @@ from typing import Sequence
 import numpy as np
 
 from emoverse.media.cache import clip_files
+from emoverse.model.checkpoint import hears
 from emoverse.model.generation import AnswerGenerator, Budget
+from emoverse.model.inputs import AUDIO_COLUMNS
 
 COLUMNS = ["sample_id", "task", "split", "prompt", "frames", "ok"]
 
@@ -36,11 +38,14 @@ def _in_split(batch: dict[str, np.ndarray], split: str,
     return {k: v[keep] for k, v in batch.items()}
 
 
-def split_rows(cache_dir: str | Path, split: str, tasks: Sequence[str] | None = None):
-    """A Ray Dataset of the usable clips of `split` (of `tasks` only, when given)."""
+def split_rows(cache_dir: str | Path, split: str, tasks: Sequence[str] | None = None,
+               audio: bool = False):
+    """A Ray Dataset of the usable clips of `split` (of `tasks` only, when given), with
+    their audio when `audio`."""
     import ray.data
 
-    ds = ray.data.read_parquet(clip_files(cache_dir)).select_columns(COLUMNS)
+    columns = [*COLUMNS, *(AUDIO_COLUMNS if audio else ())]
+    ds = ray.data.read_parquet(clip_files(cache_dir)).select_columns(columns)
     return ds.map_batches(_in_split, batch_format="numpy",
                           fn_kwargs={"split": split, "tasks": list(tasks) if tasks else None})
 
@@ -51,7 +56,7 @@ def predict(cache_dir: str | Path, model_path: str | Path, split: str, max_new_t
     `max_new_tokens`: one budget for every row, or one per task."""
     import ray.data
 
-    ds = split_rows(cache_dir, split, tasks).sort(["task", "sample_id"])
+    ds = split_rows(cache_dir, split, tasks, hears(model_path)).sort(["task", "sample_id"])
     ds = ds.map_batches(GeneratorActor, batch_size=batch_size, batch_format="numpy",
                         fn_constructor_kwargs={"model_path": str(model_path),
                                                "max_new_tokens": max_new_tokens},

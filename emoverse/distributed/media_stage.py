@@ -1,7 +1,8 @@
 """The media stage on Ray Data: manifest rows in, fixed-shape face clips out, cached.
 
 An actor pool (detector loaded once per actor) decodes and crops every clip; rows keep
-their manifest fields the model needs plus `frames`, `face_found`, `ok` and `error`.
+their manifest fields the model needs plus `frames`, `face_found`, `ok` and `error`, and
+with `media.audio` the span's audio (`audio`, `audio_samples`, `audio_error`).
 Output is Parquet under a key of (manifest content, media parameters, stage version),
 so later stages, evaluation and other runs reuse it and a changed parameter never hits
 a stale entry. Clips that fail are kept as `ok=False` rows with the reason, counted in
@@ -51,6 +52,11 @@ class ClipProcessor:
         shape = (self.cfg.num_frames, self.cfg.size, self.cfg.size, 3)
         frames = np.zeros((n, *shape), np.uint8)
         found, ok, errors = np.zeros(n, bool), np.zeros(n, bool), np.full(n, "", object)
+        heard = self.cfg.audio
+        if heard:  # fixed-width rows (Arrow tensors), the length beside them
+            audio = np.zeros((n, heard.max_samples), np.int16)
+            audio_samples = np.zeros(n, np.int32)
+            audio_errors = np.full(n, "", object)
         for i in range(n):
             start, end = _span(batch["media_start"][i], batch["media_end"][i])
             peak = batch["peak_frame"][i]
@@ -62,9 +68,14 @@ class ClipProcessor:
                 errors[i] = str(exc)
                 continue
             frames[i], found[i], ok[i] = clip.frames, clip.face_found, True
+            if heard:
+                audio[i, :len(clip.audio)], audio_samples[i] = clip.audio, len(clip.audio)
+                audio_errors[i] = clip.audio_error
         out = {k: batch[k] for k in PASS_THROUGH}
         out.update(frames=frames, face_found=found, ok=ok, error=errors,
                    media_path=batch["media_path"])
+        if heard:
+            out.update(audio=audio, audio_samples=audio_samples, audio_error=audio_errors)
         return out
 
 
@@ -75,7 +86,7 @@ def _span(start, end) -> tuple[float | None, float | None]:
 
 
 def cache_key(manifest: str | Path, media: MediaConfig) -> str:
-    text = f"{MEDIA_VERSION}|{manifest_hash(manifest)}|{media.model_dump_json()}"
+    text = f"{MEDIA_VERSION}|{manifest_hash(manifest)}|{media.settings_json()}"
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 

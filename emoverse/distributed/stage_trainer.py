@@ -22,11 +22,18 @@ from emoverse.distributed.session import driver_dataset, quiet_progress, train_l
 from emoverse.distributed.train_worker import shard_name, worker_loop
 from emoverse.media.cache import clip_files, read_rows
 from emoverse.emt.mixture import realise
+from emoverse.model.inputs import AUDIO_COLUMNS
 from emoverse.recipe import ScalingConfig, StageConfig
 from emoverse.train.reproducibility import library_versions
 from emoverse.train.stage import PredictJob, StageJob
 
 ROW_COLUMNS = ["sample_id", "prompt", "target", "frames"]
+
+
+def row_columns(stage: StageConfig) -> list[str]:
+    """The cache columns a stage trains on: the audio too when it hears."""
+    return [*ROW_COLUMNS, *(AUDIO_COLUMNS if stage.audio else ())]
+
 SHUFFLE_BATCHES = 8  # each worker mixes rows across this many global batches' worth
 EPOCH_BLOCK_ROWS = 256  # rows per block of an epoch built in the driver
 EPOCH_ORDER_KEY = 0x45504F43  # the epoch order's own random stream ("EPOC")
@@ -61,7 +68,7 @@ def deal(multiplicity: dict[str, int], seed: int = 0, workers: int = 1) -> list[
     return [copies[rank:usable:workers].tolist() for rank in range(workers)]
 
 
-def epoch_tables(cache_dir: str | Path, order: list[str],
+def epoch_tables(cache_dir: str | Path, order: list[str], columns: list[str] = ROW_COLUMNS,
                  block_rows: int = EPOCH_BLOCK_ROWS) -> list:
     """The rows of `order` (sample ids, a clip once per copy) read in this process, in that
     order, as Arrow tables of `block_rows` rows. For an epoch that fits in memory this is
@@ -72,7 +79,7 @@ def epoch_tables(cache_dir: str | Path, order: list[str],
     import pyarrow.compute as pc
 
     chosen = pa.array(sorted(set(order)), pa.string())
-    table = read_rows(cache_dir, ROW_COLUMNS,
+    table = read_rows(cache_dir, columns,
                       lambda batch: pc.is_in(batch["sample_id"], value_set=chosen))
     if table is None:
         return []
@@ -150,10 +157,11 @@ def train_datasets(cache_dir: str | Path, multiplicity: dict[str, int], stage: S
 
     shares = deal(multiplicity, stage.seed, workers if deterministic else 1)
     if materialize:
-        built = [driver_dataset(epoch_tables(cache_dir, share)) for share in shares]
+        built = [driver_dataset(epoch_tables(cache_dir, share, row_columns(stage)))
+                 for share in shares]
     else:
         files = sorted(str(f) for f in Path(clip_files(cache_dir)).glob("*.parquet"))
-        built = [ray.data.read_parquet(files).select_columns(ROW_COLUMNS)
+        built = [ray.data.read_parquet(files).select_columns(row_columns(stage))
                  .randomize_block_order(seed=stage.seed)
                  .map_batches(repeat_rows, batch_format="numpy", fn_kwargs={
                      "multiplicity": dict(Counter(share)), "seed": stage.seed})
@@ -228,7 +236,7 @@ def fit_stage(stage: StageConfig, cache_dir: str | Path, init_from: str | Path,
                      **run_facts(stage.seed, deterministic, scaling.num_workers)},
             deterministic=deterministic,
             validate=validation is not None, frame_size=frame_size,
-            predict=PredictJob(**predict, cache_dir=str(cache_dir))
+            predict=PredictJob(**predict, cache_dir=str(cache_dir), hears=stage.audio)
             if predict else None, tracking=tracking).to_config(),
         scaling_config=ray_scaling(scaling),
         datasets=datasets, dataset_config=data_config,

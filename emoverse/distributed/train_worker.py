@@ -80,7 +80,7 @@ class RayTrainSession:
         # a Ray Dataset of the split took each worker about 20 s to start and read).
         predict = self._job.predict
         rows = read_split(predict.cache_dir, predict.split, ["sample_id", "task", "prompt"],
-                          predict.tasks)
+                          predict.tasks, hears=predict.hears)
         return share_of(rows, self.rank, self.world_size)
 
     def report(self, metrics: dict, checkpoint: Path | None = None,

@@ -57,7 +57,7 @@ def chain_data(recipe: Recipe, base_model: str, manifest: str | Path,
             read_manifest(manifest).to_pandas(), base_model, split)
         validation = {"cache_dir": str(cache), "manifest": str(manifest), "split": split,
                       "max_new_tokens": budget, "batch_size": recipe.eval.batch_size}
-    key = f"{base_model}|{digest}|{recipe.media.model_dump_json()}"
+    key = f"{base_model}|{digest}|{recipe.media.settings_json()}"
     if recipe.deterministic:  # another split of the data among workers: other stages
         key += "|deterministic"
     return ChainData(base_model=str(base_model), manifest=str(manifest), manifest_hash=digest,

@@ -23,7 +23,7 @@ from emoverse.distributed.media_stage import run_media_stage
 from emoverse.distributed.session import ensure_ray
 from emoverse.emt.manifest import manifest_hash, read_manifest
 from emoverse.evaluation.report import METRICS, write_report
-from emoverse.evaluation.scoring import baselines, score
+from emoverse.evaluation.scoring import baselines, baselines_by_source, by_source, score
 from emoverse.media.cache import clip_files
 from emoverse.model.checkpoint import LINEAGE, is_checkpoint, model_hash, read_lineage
 from emoverse.model.generation import answer_budgets
@@ -77,8 +77,10 @@ def evaluate(req: EvalRequest) -> dict:
         "answered_by": answered_by,
         "media": req.media.model_dump(),
         "tasks": score(manifest, preds),
+        "sources": by_source(manifest, preds),  # tasks whose rows come from several
         "unparsed_counts": _unparsed_counts(preds),
         "baseline": baselines(manifest, ids),
+        "baseline_sources": baselines_by_source(manifest, ids),
     }
     if previous:
         # the earlier stage's name, not its report's path (figures read at their saved size)

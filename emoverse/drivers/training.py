@@ -85,10 +85,14 @@ def _train_run(recipe: Recipe, run: RunDir, stages: list[str] | None, evaluate: 
     log.info("media: %d/%d clips usable, face found in %.0f%%, %d failed (see %s/stats.json)",
              stats["ok"], stats["clips"], 100 * stats["face_found_rate"], stats["failed"], cache)
     log_face_rates(stats, recipe.data.min_face_found)
+    if stats.get("audio_silence"):
+        log.warning("media: %d clips have no usable audio and are heard as silence "
+                    "(media.audio.missing=silence; listed under audio_silenced in %s/stats.json)",
+                    stats["audio_silence"], cache)
     clock.mark("media stage")
 
     results = _previous_results(run)
-    results["media"] = {k: v for k, v in stats.items() if k != "errors"}
+    results["media"] = {k: v for k, v in stats.items() if k not in ("errors", "audio_silenced")}
     previous_eval = None
     data = chain_data(recipe, base, manifest, cache)
     rows = read_manifest(manifest)
@@ -147,8 +151,9 @@ def _record_evaluation(run: RunDir, results: dict, stage: str, request: EvalRequ
     metrics = evaluate_model(request)
     results["stages"][stage] = {"checkpoint": str(request.model), "evaluation": str(request.out),
                                 "lineage": read_lineage(request.model),
-                                "metrics": metrics["tasks"]}
+                                "metrics": metrics["tasks"], "sources": metrics["sources"]}
     results["baseline"] = metrics["baseline"]
+    results["baseline_sources"] = metrics["baseline_sources"]
     results["digest"] = results_digest(results)
     run.metrics_file.write_text(json.dumps(results, indent=2, default=float))
 
@@ -167,9 +172,12 @@ def results_digest(results: dict) -> str:
 
 
 def results_table(results: dict) -> str:
-    """The metrics per task after each stage beside the baseline, and their digest."""
+    """The metrics per task (and per source, where a task has several, such as the demo
+    set's voice-decided rows) after each stage beside the baseline, and their digest."""
     columns = {name: r["metrics"] for name, r in results["stages"].items()}
     columns["majority baseline"] = results["baseline"]
-    return (f"{table(columns)}\n\nmetrics digest {results_digest(results)} (every stage's "
+    sources = {name: r.get("sources", {}) for name, r in results["stages"].items()}
+    sources["majority baseline"] = results.get("baseline_sources", {})
+    return (f"{table(columns, sources)}\n\nmetrics digest {results_digest(results)} (every stage's "
             "metrics and logged losses: a deterministic run with the same recipe, data and "
             "seed on the same worker count prints the same)")

@@ -9,7 +9,10 @@ Labels are composed so that each kind of evidence matters:
   words are neutral, the face decides between joy and sadness;
 - ERI explains the MER emotion with the expression and the topic;
 - ECPE marks, in a conversation with gold emotions that ends at the target utterance,
-  the utterance that mentions the event (the target or the one before) as the cause.
+  the utterance that mentions the event (the target or the one before) as the cause;
+- with `voice` > 0, that share of MSA and MER samples is decided by the voice alone
+  (`emoverse.emt.demo_voice`): filler words, a face drawn at random, source `demo-voice`.
+Every clip speaks (an AAC track); only the voice-decided ones say anything by it.
 Everything is deterministic for a seed: clip k of the set is rendered from its own
 random stream, so any subset can be regenerated in parallel.
 """
@@ -24,7 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
-from emoverse.emt.demo_clips import EXPRESSIONS, FACES, FRAME, render_clip, write_mp4
+from emoverse.emt.demo_clips import EXPRESSIONS, FACES, FPS, FRAME, render_clip, write_mp4
+from emoverse.emt.demo_voice import RATE, VOICE_LABELS, render_voice
 from emoverse.emt.manifest import write_manifest
 from emoverse.tasks import get_task
 
@@ -55,11 +59,16 @@ TASK_SHARES = {"fer": 0.3, "msa": 0.3, "mer": 0.24, "eri": 0.08, "ecpe": 0.08}
 SPLIT_SHARES = {"train": 0.84, "valid": 0.04, "test": 0.12}
 
 
+VOICE_SOURCE = "demo-voice"  # the samples whose label the voice decides
+VOICE_KEY = 0x564F4943  # the draw that makes a sample voice-decided ("VOIC")
+
+
 @dataclass(frozen=True)
 class DemoSample:
     row: dict
     face: int
     expression: str
+    voice: str = "plain"  # how the clip's voice speaks (emoverse.emt.demo_voice.VOICES)
 
 
 def lexicon() -> list[str]:
@@ -146,8 +155,25 @@ def make_sample(task: str, index: int, split: str, rng: np.random.Generator) -> 
     return DemoSample(row=row, face=face, expression=expression)
 
 
-def plan(size: int, seed: int) -> list[DemoSample]:
-    """All samples of a demo set of about `size` rows, in a shuffled, seeded order."""
+def voice_sample(task: str, index: int, split: str, rng: np.random.Generator) -> DemoSample:
+    """One MSA or MER sample whose label only its voice gives away."""
+    face = int(rng.integers(len(FACES)))
+    expression = EXPRESSIONS[rng.integers(len(EXPRESSIONS))]  # unrelated to the label
+    voice = "bright" if rng.random() < 0.5 else "dull"
+    label = VOICE_LABELS[task][voice]
+    spec = get_task(task)
+    transcript = _speech(rng, FILLERS)
+    row = dict(sample_id=f"demo-{task}-{index:05d}", task=task, source=VOICE_SOURCE,
+               split=split, transcript=transcript, context=None, target_utterance=None,
+               label_class=label, label_pairs=None)
+    row["prompt"] = spec.prompt(transcript, None, None)
+    row["target"] = spec.format_answer(label)
+    return DemoSample(row=row, face=face, expression=expression, voice=voice)
+
+
+def plan(size: int, seed: int, voice: float = 0.0) -> list[DemoSample]:
+    """All samples of a demo set of about `size` rows, in a shuffled, seeded order;
+    `voice`: the share of MSA and MER samples the voice decides."""
     samples = []
     for t, (task, share) in enumerate(TASK_SHARES.items()):
         n_task = max(3, round(size * share))
@@ -156,7 +182,11 @@ def plan(size: int, seed: int) -> list[DemoSample]:
         for split, count in counts.items():
             for _ in range(count):
                 rng = np.random.default_rng([seed, t, index])
-                samples.append(make_sample(task, index, split, rng))
+                # drawn apart, so a set without voice samples is the one it always was
+                heard = task in VOICE_LABELS and voice > 0 and \
+                    np.random.default_rng([seed, t, index, VOICE_KEY]).random() < voice
+                samples.append(voice_sample(task, index, split, rng) if heard
+                               else make_sample(task, index, split, rng))
                 index += 1
     order = np.random.default_rng([seed, 99]).permutation(len(samples))
     return [samples[i] for i in order]
@@ -172,17 +202,21 @@ def _render(job: tuple[DemoSample, str, int, int, int]) -> str:
 
         clip = np.stack([cv2.resize(f, (side, side), interpolation=cv2.INTER_LINEAR)
                          for f in clip])
-    write_mp4(clip, path)
+    # its own stream: the frames are the ones a clip without a voice had
+    speech = np.random.default_rng([seed, 8, zlib.crc32(sample.row["sample_id"].encode())])
+    write_mp4(clip, path, audio=render_voice(sample.voice, speech, frames / FPS), audio_rate=RATE)
     return path
 
 
 def build_demo(out: str | Path, size: int = 400, seed: int = 0, frames: int = 8,
-               workers: int | None = None, progress=None, side: int = FRAME) -> Path:
-    """Render the demo clips under `out/clips` and write `out/manifest.parquet`."""
+               workers: int | None = None, progress=None, side: int = FRAME,
+               voice: float = 0.0) -> Path:
+    """Render the demo clips under `out/clips` and write `out/manifest.parquet`;
+    `voice`: the share of MSA and MER samples the voice decides."""
     out = Path(out)
     clip_dir = out / "clips"
     clip_dir.mkdir(parents=True, exist_ok=True)
-    samples = plan(size, seed)
+    samples = plan(size, seed, voice)
     jobs = [(s, str(clip_dir), seed, frames, side) for s in samples]
     workers = workers or min(4, os.cpu_count() or 1)
     with ProcessPoolExecutor(max_workers=workers) as pool:

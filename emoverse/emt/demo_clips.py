@@ -145,11 +145,17 @@ def render_clip(face: FaceSource, expression: str, rng: np.random.Generator,
     return out
 
 
-def write_mp4(frames: np.ndarray, path: str, fps: int = FPS) -> None:
-    """Encode RGB uint8 frames as H.264 (PyAV bundles libx264; decord cannot write)."""
+def write_mp4(frames: np.ndarray, path: str, fps: int = FPS, audio: np.ndarray | None = None,
+              audio_rate: int = 16000) -> None:
+    """Encode RGB uint8 frames as H.264 (PyAV bundles libx264; decord cannot write), and
+    `audio` (float32 mono samples) as an AAC track beside them."""
     import av
 
     with av.open(path, mode="w") as container:
+        sound = None
+        if audio is not None:
+            sound = container.add_stream("aac", rate=audio_rate)
+            sound.layout = "mono"
         stream = container.add_stream("libx264", rate=fps)
         stream.width, stream.height = frames.shape[2], frames.shape[1]
         stream.pix_fmt = "yuv420p"
@@ -162,3 +168,9 @@ def write_mp4(frames: np.ndarray, path: str, fps: int = FPS) -> None:
         for frame in frames:
             container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
         container.mux(stream.encode())
+        if sound is not None:
+            track = av.AudioFrame.from_ndarray(np.asarray(audio, np.float32)[None, :],
+                                               format="fltp", layout="mono")
+            track.sample_rate, track.pts = audio_rate, 0
+            container.mux(sound.encode(track))
+            container.mux(sound.encode())

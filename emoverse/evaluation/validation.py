@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from emoverse.emt.manifest import read_manifest
+from emoverse.model.checkpoint import hears
 from emoverse.model.generation import AnswerGenerator, Budget, answer_rows
 from emoverse.evaluation.scoring import score
 from emoverse.media.cache import read_split
@@ -36,7 +37,8 @@ def validate(model_dir: str | Path, cache_dir: str | Path, manifest: str | Path,
              max_new_tokens: Budget, batch_size: int = 32, torch_threads: int = 1) -> dict:
     """Answer every usable clip of `split` and score it; returns flat metrics + objective.
     `max_new_tokens`: one budget, or one per task (rows are batched task by task)."""
-    rows = read_split(cache_dir, split, ["sample_id", "task", "prompt"])
+    rows = read_split(cache_dir, split, ["sample_id", "task", "prompt"],
+                      hears=hears(model_dir))
     if rows.empty:
         raise ValueError(f"the media cache {cache_dir} has no usable {split!r} clips")
     generator = AnswerGenerator(str(model_dir), max_new_tokens, torch_threads)

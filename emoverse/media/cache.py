@@ -1,6 +1,7 @@
 """The media cache's layout on disk, and reading it without Ray.
 
     <cache>/clips/*.parquet   one row per clip: manifest fields, frames, face_found, ok, error
+                              (and with media.audio: audio, audio_samples, audio_error)
     <cache>/media.json        the media parameters the clips were made with
     <cache>/errors.csv        one line per unusable clip: sample_id, media_path, error
     <cache>/stats.json        counts; written last, so its presence marks a complete cache
@@ -35,13 +36,22 @@ def write_error_report(errors: list[dict], path: Path) -> None:
 
 
 def cache_stats(path: str | Path) -> dict:
-    """Counts from a cache's small columns (frames are never read)."""
+    """Counts from a cache's small columns (frames and audio are never read)."""
     import pyarrow.parquet as pq
 
-    t = pq.read_table(str(path), columns=["sample_id", "task", "split", "media_path", "ok",
-                                          "face_found", "error"]).to_pandas()
+    columns = ["sample_id", "task", "split", "media_path", "ok", "face_found", "error"]
+    files = sorted(Path(path).glob("*.parquet"))
+    heard = bool(files) and "audio_error" in pq.read_schema(files[0]).names
+    t = pq.read_table(str(path), columns=columns + (["audio_error"] if heard else [])) \
+        .to_pandas()
     good = t[t.ok]
     by = good.groupby(["task", "split"]).face_found.agg(["size", "mean"]).reset_index()
+    audio = {}
+    if heard:  # clips whose audio fell back to silence (media.audio.missing: silence)
+        silent = good[good.audio_error != ""]
+        audio = {"audio_silence": int(len(silent)),
+                 "audio_silenced": silent[["sample_id", "media_path", "audio_error"]]
+                 .rename(columns={"audio_error": "error"}).to_dict("records")}
     return {
         "clips": int(len(t)),
         "ok": int(len(good)),
@@ -51,6 +61,7 @@ def cache_stats(path: str | Path) -> dict:
         "face_found": [{"task": r.task, "split": r.split, "clips": int(r.size),
                         "rate": float(r.mean)} for r in by.itertuples()],
         "errors": t[~t.ok][["sample_id", "media_path", "error"]].to_dict("records"),
+        **audio,
     }
 
 
@@ -82,8 +93,7 @@ def read_clips(cache: str | Path, count: int, seed: int = 0) -> list[dict]:
     """`count` usable clips chosen at random: sample_id, task, frames, face_found."""
     import pyarrow.parquet as pq
 
-    params = json.loads((Path(cache) / PARAMS).read_text())
-    shape = (params["num_frames"], params["size"], params["size"], 3)
+    shape = tensor_shapes(cache)["frames"][0]
     table = pq.read_table(clip_files(cache), columns=["sample_id", "task", "ok", "face_found"])
     usable = np.flatnonzero(table.column("ok").to_numpy(zero_copy_only=False))
     chosen = np.sort(np.random.default_rng(seed).choice(usable, min(count, len(usable)),
@@ -108,17 +118,46 @@ def read_rows(cache: str | Path, columns: list[str], keep: Callable):
     return pa.Table.from_batches(kept) if kept else None
 
 
+def tensor_shapes(cache: str | Path) -> dict[str, tuple[tuple[int, ...], type]]:
+    """Each fixed-shape column of a cache: its row shape and dtype."""
+    params = json.loads((Path(cache) / PARAMS).read_text())
+    shapes = {"frames": ((params["num_frames"], params["size"], params["size"], 3), np.uint8)}
+    if params.get("audio"):
+        from emoverse.recipe import AudioConfig
+
+        shapes["audio"] = ((AudioConfig(**params["audio"]).max_samples,), np.int16)
+    return shapes
+
+
+def tensor_column(table, name: str, shape: tuple[int, ...], dtype) -> list[np.ndarray]:
+    """A fixed-shape column of an Arrow table as one array per row."""
+    import pyarrow as pa
+
+    values = table.column(name).combine_chunks()
+    if isinstance(values, pa.ExtensionArray):  # Ray's tensor type, when Ray is imported
+        values = values.storage
+    while pa.types.is_nested(values.type):
+        values = values.flatten()
+    flat = values.to_numpy(zero_copy_only=False)
+    return list(np.asarray(flat, dtype).reshape(table.num_rows, *shape))
+
+
 def read_split(cache: str | Path, split: str, columns: list[str],
-               tasks: Sequence[str] | None = None):
+               tasks: Sequence[str] | None = None, hears: bool = False):
     """The usable clips of `split` (of `tasks` only, when given), in sample-id order, frames
-    as (frames, size, size, 3), read as `read_rows` reads."""
+    as (frames, size, size, 3) and, with `hears`, the audio columns, read as `read_rows`
+    reads."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    params = json.loads((Path(cache) / PARAMS).read_text())
-    shape = (params["num_frames"], params["size"], params["size"], 3)
+    shapes = tensor_shapes(cache)
+    if hears and "audio" not in shapes:
+        raise ValueError(f"the media cache {cache} holds no audio (media.audio was not set "
+                         "when it was made)")
+    tensors = ["frames", *(["audio"] if hears else [])]
+    extra = ["audio_samples"] if hears else []
     wanted = list(dict.fromkeys([*columns, *(["task"] if tasks else []), "split", "ok",
-                                 "frames"]))
+                                 *tensors, *extra]))
 
     def usable(batch):
         keep = pc.and_(pc.equal(batch["split"], split), batch["ok"])
@@ -128,16 +167,11 @@ def read_split(cache: str | Path, split: str, columns: list[str],
 
     table = read_rows(cache, wanted, usable)
     if table is None:
-        return _empty_split(columns)
+        return _empty_split([*columns, *tensors, *extra])
     table = table.sort_by("sample_id")
-    frames = table.column("frames").combine_chunks()
-    if isinstance(frames, pa.ExtensionArray):  # Ray's tensor type, when Ray is imported
-        frames = frames.storage
-    while pa.types.is_nested(frames.type):
-        frames = frames.flatten()
-    flat = frames.to_numpy(zero_copy_only=False)
-    out = table.select(columns).to_pandas()
-    out["frames"] = list(np.asarray(flat, np.uint8).reshape(len(out), *shape))
+    out = table.select(list(dict.fromkeys([*columns, *extra]))).to_pandas()
+    for name in tensors:
+        out[name] = tensor_column(table, name, *shapes[name])
     return out
 
 
@@ -145,4 +179,4 @@ def _empty_split(columns: list[str]):
     """An empty split: the columns read_split returns, without rows."""
     import pandas as pd
 
-    return pd.DataFrame(columns=[*columns, "frames"])
+    return pd.DataFrame(columns=columns)

@@ -29,6 +29,8 @@ class Clip:
     times: np.ndarray  # seconds of each sampled frame
     boxes: np.ndarray  # (num_frames, 4) face box per frame, in source pixels
     face_found: bool  # False when the centre-crop fallback was used
+    audio: np.ndarray | None = None  # int16 mono samples of the span (media.audio)
+    audio_error: str = ""  # why the audio is silence (media.audio.missing: silence)
 
 
 def sample_indices(num_frames_total: int, fps: float, n: int,
@@ -178,5 +180,22 @@ def process_clip(path: str, cfg: MediaConfig, detector: FaceDetector,
     else:
         margin = cfg.margin
     crops = np.stack([crop_square(f, b, margin, cfg.size) for f, b in zip(frames, boxes)])
-    return Clip(frames=crops, times=times.astype(np.float32),
+    clip = Clip(frames=crops, times=times.astype(np.float32),
                 boxes=np.stack(boxes).astype(np.float32), face_found=face_found)
+    if cfg.audio is not None:
+        clip.audio, clip.audio_error = clip_audio(path, cfg, start, end)
+    return clip
+
+
+def clip_audio(path: str, cfg: MediaConfig, start: float | None,
+               end: float | None) -> tuple[np.ndarray, str]:
+    """The span's audio and "" or, where the recipe allows, silence and why."""
+    from emoverse.media.audio import decode_audio, silence
+
+    try:
+        return decode_audio(path, cfg.audio, start, end), ""
+    except MediaError as exc:
+        if cfg.audio.missing != "silence":
+            raise MediaError(f"audio: {exc} (media.audio.missing=silence would use "
+                             "silence)") from exc
+        return silence(path, cfg.audio, start, end), str(exc)

@@ -10,6 +10,9 @@ model config from the trained tokenizer, so token ids agree everywhere.
   vision tower, pixel-shuffle MLP projector, Qwen2 text model), the family of the
   paper's InternVL2-4B base. Each frame is one 56x56 image of 4x4 patches of 14 pixels,
   pixel-shuffled to 4 tokens, so a 4-frame clip costs 16 visual tokens.
+- `qwen2.5-omni`: `Qwen2_5OmniThinkerForConditionalGeneration` + `Qwen2_5OmniProcessor`:
+  Qwen2.5-Omni's thinker, which also hears. Its Whisper-style audio encoder takes 128 mel
+  bins at 16 kHz (100 frames a second) and gives 25 audio tokens a second.
 
 Nothing here imports transformers at module level (the CLI reads `ARCH_NAMES`).
 """
@@ -41,6 +44,8 @@ class Architecture:
     build_config: Callable  # (tokenizer, spec) -> model config
     # Named tokenizer attributes the processor reads (saved in tokenizer_config.json).
     tokenizer_tokens: dict[str, str] = field(default_factory=dict)
+    hears: bool = False  # takes an audio track beside the frames
+
 
 
 def _ids(tokenizer, tokens) -> dict[str, int]:
@@ -159,6 +164,67 @@ def _internvl_config(tokenizer, spec):
     )
 
 
+# --- Qwen2.5-Omni (thinker) --------------------------------------------------------------
+
+OMNI_NAMED = {"image_token": "<|IMAGE|>", "audio_token": "<|AUDIO|>", "video_token": "<|VIDEO|>",
+              "vision_bos_token": "<|vision_bos|>", "vision_eos_token": "<|vision_eos|>",
+              "audio_bos_token": "<|audio_bos|>", "audio_eos_token": "<|audio_eos|>"}
+OMNI_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", *OMNI_NAMED.values())
+AUDIO_RATE = 16000  # Hz: what Whisper-style feature extractors take
+MEL_BINS = 128  # Qwen2.5-Omni's audio encoder
+
+
+def _omni_processor(tokenizer, spec):
+    from transformers import (Qwen2_5OmniProcessor, Qwen2VLImageProcessor,
+                              Qwen2VLVideoProcessor, WhisperFeatureExtractor)
+
+    pixels = spec.image_size * spec.image_size
+    size = {"shortest_edge": pixels, "longest_edge": pixels}
+    return Qwen2_5OmniProcessor(
+        image_processor=Qwen2VLImageProcessor(size=size),
+        video_processor=Qwen2VLVideoProcessor(size=size, cap_pixels_per_frame=False),
+        feature_extractor=WhisperFeatureExtractor(feature_size=MEL_BINS,
+                                                  sampling_rate=AUDIO_RATE),
+        tokenizer=tokenizer,
+        chat_template=tokenizer.chat_template,
+    )
+
+
+def _omni_config(tokenizer, spec):
+    from transformers import Qwen2_5OmniThinkerConfig
+
+    ids = _ids(tokenizer, OMNI_TOKENS)
+    half = spec.hidden_size // spec.num_heads // 2
+    mrope = [half - 2 * (half // 3), half // 3, half // 3]
+    rope = {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": mrope}
+    vision = dict(
+        depth=spec.vision_depth, hidden_size=spec.vision_width, num_heads=spec.vision_heads,
+        intermediate_size=2 * spec.vision_width, out_hidden_size=spec.hidden_size,
+        patch_size=14, spatial_merge_size=2, temporal_patch_size=2,
+        window_size=112, fullatt_block_indexes=[spec.vision_depth - 1],
+    )
+    audio = dict(
+        num_mel_bins=MEL_BINS, encoder_layers=spec.audio_depth,
+        encoder_attention_heads=spec.audio_heads, encoder_ffn_dim=2 * spec.audio_width,
+        d_model=spec.audio_width, output_dim=spec.hidden_size, n_window=100,
+        max_source_positions=1500,
+    )
+    return Qwen2_5OmniThinkerConfig(
+        text_config=_text_config(tokenizer, spec, rope_parameters=rope),
+        vision_config=vision,
+        audio_config=audio,
+        audio_token_index=ids["<|AUDIO|>"],
+        image_token_index=ids["<|IMAGE|>"],
+        video_token_index=ids["<|VIDEO|>"],
+        audio_start_token_id=ids["<|audio_bos|>"],
+        audio_end_token_id=ids["<|audio_eos|>"],
+        vision_start_token_id=ids["<|vision_bos|>"],
+        vision_end_token_id=ids["<|vision_eos|>"],
+        user_token_id=tokenizer.convert_tokens_to_ids("user"),
+        tie_word_embeddings=True,
+    )
+
+
 ARCHITECTURES: dict[str, Architecture] = {
     "qwen2-vl": Architecture(
         name="qwen2-vl",
@@ -182,6 +248,18 @@ ARCHITECTURES: dict[str, Architecture] = {
         build_processor=_internvl_processor,
         build_config=_internvl_config,
         tokenizer_tokens=INTERNVL_NAMED,
+    ),
+    "qwen2.5-omni": Architecture(
+        name="qwen2.5-omni",
+        title="Qwen2.5-Omni (thinker)",
+        model_class="Qwen2_5OmniThinkerForConditionalGeneration",
+        processor_class="Qwen2_5OmniProcessor",
+        special_tokens=OMNI_TOKENS,
+        chat_template=TEMPLATES["chatml-qwen-omni"],
+        build_processor=_omni_processor,
+        build_config=_omni_config,
+        tokenizer_tokens=OMNI_NAMED,
+        hears=True,
     ),
 }
 ARCH_NAMES = tuple(ARCHITECTURES)

@@ -20,6 +20,9 @@ from emoverse.recipe import TrainableConfig
 LINEAGE = "lineage.json"
 # Vision-language projector module names by architecture (the paper trains it).
 PROJECTORS = ("merger", "multi_modal_projector", "connector", "mlp1")
+# Qwen2.5-Omni's audio encoder keeps an embedding of its own begin/end tokens that the
+# thinker never reads.
+UNUSED_PARAMETERS = ("audio_bos_eos_token",)
 # Phi-3 (InternVL2-4B) fuses q/k/v into qkv_proj and gate/up into gate_up_proj.
 LANGUAGE_LINEAR = (r".*language_model.*\.(q_proj|k_proj|v_proj|qkv_proj|o_proj|gate_proj|up_proj"
                    r"|gate_up_proj|down_proj)")
@@ -31,6 +34,16 @@ def is_checkpoint(path: str | Path) -> bool:
 
 def read_lineage(path: str | Path) -> dict:
     return json.loads((Path(path) / LINEAGE).read_text())
+
+
+def hears(path: str | Path) -> bool:
+    """Whether the model at `path` was trained to take the clip's audio: a stage checkpoint
+    of a stage with `audio: true`, or a model exported from one (its lineage is kept as
+    `emoverse_lineage.json`). Other model directories are fed frames only."""
+    for name in (LINEAGE, "emoverse_lineage.json"):
+        if (Path(path) / name).is_file():
+            return bool(json.loads((Path(path) / name).read_text()).get("audio"))
+    return False
 
 
 def parent_of(path: str | Path) -> str:
@@ -56,8 +69,11 @@ def _refuse_remote_code_format(path: str | Path) -> None:
 def load_processor(path: str | Path, trust_remote_code: bool = False):
     from transformers import AutoProcessor
 
+    from emoverse.model.inputs import video_size_as_saved
+
     _refuse_remote_code_format(processor_dir(path))
-    return AutoProcessor.from_pretrained(processor_dir(path), trust_remote_code=trust_remote_code)
+    return video_size_as_saved(AutoProcessor.from_pretrained(
+        processor_dir(path), trust_remote_code=trust_remote_code))
 
 
 def attention_implementation(choice: str = "auto", cuda: bool = False) -> str:
@@ -127,11 +143,14 @@ def peft_on_transformers():
         yield
 
 
-def apply_trainable(model, cfg: TrainableConfig):
-    """Freeze or wrap `model` so that exactly the configured parts train."""
+def apply_trainable(model, cfg: TrainableConfig, hears: bool = False):
+    """Freeze or wrap `model` so that exactly the configured parts train. An audio encoder
+    (Qwen2.5-Omni's) trains in full mode only when the stage `hears` (it gets no gradient
+    otherwise, which DDP refuses), and is frozen under LoRA like the vision tower."""
     if cfg.mode == "full":
         for name, p in model.named_parameters():
-            p.requires_grad = cfg.vision or not _is_vision(name) or _is_projector(name)
+            p.requires_grad = (cfg.vision or not _is_vision(name) or _is_projector(name)) \
+                and (hears or not _is_audio(name)) and not _is_unused(name)
         return model
     from peft import LoraConfig, get_peft_model
 
@@ -147,6 +166,9 @@ def apply_trainable(model, cfg: TrainableConfig):
     untie_saved_output_layer(model, list(cfg.lora.modules_to_save))
     with peft_on_transformers():
         model = get_peft_model(model, lora)
+    for name, p in model.named_parameters():
+        if _is_unused(name):
+            p.requires_grad = False
     if cfg.vision:
         for name, p in model.named_parameters():
             if _is_vision(name):
@@ -156,6 +178,15 @@ def apply_trainable(model, cfg: TrainableConfig):
 
 def _is_vision(name: str) -> bool:
     return bool(re.search(r"(^|\.)(visual|vision_tower|vision_model)\.", name))
+
+
+def _is_audio(name: str) -> bool:
+    return bool(re.search(r"(^|\.)audio_tower\.", name))
+
+
+def _is_unused(name: str) -> bool:
+    """Parameters a model holds but its forward never uses (DDP refuses to reduce them)."""
+    return any(f".{u}." in f".{name}." for u in UNUSED_PARAMETERS)
 
 
 def _is_projector(name: str) -> bool:

@@ -8,8 +8,9 @@ from typing import Mapping, Sequence, Union
 
 import pandas as pd
 
+from emoverse.model.checkpoint import hears as model_hears
 from emoverse.model.checkpoint import load_model, load_processor
-from emoverse.model.inputs import Collator
+from emoverse.model.inputs import AUDIO_COLUMNS, Collator
 
 
 def greedy_new_tokens(model, enc: Mapping, max_new_tokens: int, streamer=None):
@@ -31,38 +32,47 @@ class AnswerGenerator:
 
     With a budget per task, a batch is generated task by task, each within its own budget:
     a batch runs until its longest answer ends, so one ERI explanation in a batch of
-    one-word MSA answers would otherwise make every row decode for as long as it does."""
+    one-word MSA answers would otherwise make every row decode for as long as it does.
+    A model trained with audio (its checkpoint says so) is given each row's audio too."""
 
     def __init__(self, model_path: str, max_new_tokens: Budget = 32, torch_threads: int = 1):
         import torch
 
         torch.set_num_threads(torch_threads)
-        self._use(load_model(model_path), load_processor(model_path), max_new_tokens)
+        self._use(load_model(model_path), load_processor(model_path), max_new_tokens,
+                  model_hears(model_path))
 
     @classmethod
-    def from_model(cls, model, processor, max_new_tokens: Budget = 32) -> "AnswerGenerator":
+    def from_model(cls, model, processor, max_new_tokens: Budget = 32,
+                   hears: bool = False) -> "AnswerGenerator":
         """A generator over a model already in memory (a stage's, once it has trained);
         a PEFT model's adapters are merged first, as `load_model` merges a saved one."""
         if hasattr(model, "merge_and_unload"):
             model = model.merge_and_unload()
         generator = cls.__new__(cls)
-        generator._use(model, processor, max_new_tokens)
+        generator._use(model, processor, max_new_tokens, hears)
         return generator
 
-    def _use(self, model, processor, max_new_tokens: Budget) -> None:
+    def _use(self, model, processor, max_new_tokens: Budget, hears: bool) -> None:
         self.model, self.processor = model.eval(), processor
-        self.collate = Collator(processor, train=False)
+        self.hears = hears
+        self.collate = Collator(processor, train=False, hears=hears)
         self.max_new_tokens = max_new_tokens
 
+    @property
+    def columns(self) -> tuple[str, ...]:
+        """The row columns `generate` reads besides `task`."""
+        return ("prompt", "frames", *(AUDIO_COLUMNS if self.hears else ()))
+
     def generate(self, batch: Mapping[str, Sequence]) -> list[str]:
-        """Answers to `batch`'s rows (`prompt`, `frames`; `task` with per-task budgets)."""
+        """Answers to `batch`'s rows (`columns`; `task` with per-task budgets)."""
         if isinstance(self.max_new_tokens, int):
             return self._answer(batch, self.max_new_tokens)
         texts: list[str] = [""] * len(batch["prompt"])
         tasks = list(batch["task"])
         for task in dict.fromkeys(tasks):
             rows = [i for i, t in enumerate(tasks) if t == task]
-            part = {key: [batch[key][i] for i in rows] for key in ("prompt", "frames")}
+            part = {key: [batch[key][i] for i in rows] for key in self.columns}
             for i, text in zip(rows, self._answer(part, self.max_new_tokens[task])):
                 texts[i] = text
         return texts
@@ -74,15 +84,14 @@ class AnswerGenerator:
 
 
 def answer_rows(generator: AnswerGenerator, rows: pd.DataFrame, batch_size: int) -> pd.DataFrame:
-    """(sample_id, task, prediction) for `rows` (sample_id, task, prompt, frames), answered
-    in batches of one task where possible (sorted by task, then sample id)."""
+    """(sample_id, task, prediction) for `rows` (sample_id, task and the generator's
+    `columns`), answered in batches of one task where possible (sorted by task, then id)."""
     rows = rows.sort_values(["task", "sample_id"], kind="stable").reset_index(drop=True)
     texts: list[str] = []
     for start in range(0, len(rows), batch_size):
         chunk = rows.iloc[start:start + batch_size]
-        texts += generator.generate({"prompt": chunk.prompt.tolist(),
-                                     "frames": chunk.frames.tolist(),
-                                     "task": chunk.task.tolist()})
+        texts += generator.generate({key: chunk[key].tolist()
+                                     for key in ("task", *generator.columns)})
     return pd.DataFrame({"sample_id": rows.sample_id.values, "task": rows.task.values,
                          "prediction": texts})
 

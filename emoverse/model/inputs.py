@@ -19,21 +19,40 @@ from emoverse.tasks import SYSTEM_PROMPT
 IGNORE = -100
 
 
-def messages(prompt: str, target: str | None = None) -> list[dict]:
+AUDIO_COLUMNS = ("audio", "audio_samples")  # int16 samples (padded) and how many are real
+
+
+def messages(prompt: str, target: str | None = None, hears: bool = False) -> list[dict]:
+    clip = [{"type": "video"}, *([{"type": "audio"}] if hears else [])]
     turns = [
         {"role": "system", "content": SYSTEM_PROMPT},
-        {"role": "user", "content": [{"type": "video"}, {"type": "text", "text": prompt}]},
+        {"role": "user", "content": [*clip, {"type": "text", "text": prompt}]},
     ]
     if target is not None:
         turns.append({"role": "assistant", "content": [{"type": "text", "text": target}]})
     return turns
 
 
-class Collator:
-    """Callable turning a batch of rows (dict of arrays) into tensors for the model."""
+def waveforms(batch: Mapping[str, Sequence]) -> list[np.ndarray]:
+    """The rows' audio as float waveforms, each cut to its real length."""
+    from emoverse.media.audio import as_float
 
-    def __init__(self, processor, max_length: int = 2048, train: bool = True):
+    return [as_float(np.asarray(a)[:int(n)])
+            for a, n in zip(batch["audio"], batch["audio_samples"])]
+
+
+class Collator:
+    """Callable turning a batch of rows (dict of arrays) into tensors for the model.
+    `hears`: the rows' audio (`AUDIO_COLUMNS`) goes to the model beside their frames."""
+
+    def __init__(self, processor, max_length: int = 2048, train: bool = True,
+                 hears: bool = False):
+        if hears and getattr(processor, "feature_extractor", None) is None:
+            raise ValueError(f"this model's processor ({type(processor).__name__}) takes no "
+                             "audio; a stage with audio: true needs a base that hears, such "
+                             "as Qwen2.5-Omni's thinker (base_model: tiny:qwen2.5-omni)")
         self.processor = processor
+        self.hears = hears
         # Ray Data may collate on several prefetch threads; a fast tokenizer's padding
         # settings are shared state, so calls must not interleave.
         self._lock = threading.Lock()
@@ -51,14 +70,22 @@ class Collator:
     def _collate(self, batch: Mapping[str, Sequence]) -> dict:
         import torch
 
-        prompts = [self._chat(messages(str(p)), True) for p in batch["prompt"]]
+        hears = self.hears
+        prompts = [self._chat(messages(str(p), hears=hears), True) for p in batch["prompt"]]
         # writable: frames straight from Arrow are read-only views, which torch warns about
-        videos = [np.require(f, requirements="W") for f in batch["frames"]]
+        media = {"videos": [np.require(f, requirements="W") for f in batch["frames"]]}
+        if hears:
+            media["audio"] = waveforms(batch)
+            # Padded to the longest waveform, not to Whisper's 30 s (the encoder reads only
+            # the real frames either way; extracting 30 s of padding a row cost 60 ms).
+            hop = self.processor.feature_extractor.hop_length
+            longest = max(len(w) for w in media["audio"])
+            media["audio_kwargs"] = {"max_length": -(-longest // hop) * hop}
         tokenizer = self.processor.tokenizer
         if not self.train:
-            return dict(self.processor(text=prompts, videos=videos, padding=True,
+            return dict(self.processor(text=prompts, **media, padding=True,
                                        padding_side="left", return_tensors="pt"))
-        full = [self._chat(messages(str(p), str(t)), False)
+        full = [self._chat(messages(str(p), str(t), hears), False)
                 for p, t in zip(batch["prompt"], batch["target"])]
         answer_lens = []
         for f, p in zip(full, prompts):
@@ -66,7 +93,7 @@ class Collator:
                 raise ValueError("chat template does not render the prompt as a prefix of the "
                                  "conversation; cannot mask the prompt")
             answer_lens.append(len(tokenizer(f[len(p):], add_special_tokens=False).input_ids))
-        enc = dict(self.processor(text=full, videos=videos, padding=True, padding_side="right",
+        enc = dict(self.processor(text=full, **media, padding=True, padding_side="right",
                                   return_tensors="pt"))
         mask = enc["attention_mask"]
         lengths = mask.sum(dim=1)
@@ -80,6 +107,16 @@ class Collator:
         labels[(rank <= prompt_end) | (mask == 0)] = IGNORE
         enc["labels"] = labels
         return enc
+
+
+def video_size_as_saved(processor):
+    """`processor` with its video processor's saved frame size in force: some processors
+    (Qwen2.5-Omni's) carry a class default size that would otherwise resize every frame to
+    their pretraining resolution, whatever the checkpoint was trained at."""
+    video = getattr(processor, "video_processor", None)
+    if video is not None and "size" in getattr(type(processor), "videos_kwargs", {}):
+        processor.videos_kwargs = {**type(processor).videos_kwargs, "size": dict(video.size)}
+    return processor
 
 
 def fit_processor(processor, size: int):
@@ -98,9 +135,9 @@ def fit_processor(processor, size: int):
             raise ValueError(f"media.size={size}, but this InternVL model takes {tile}-px frames "
                              f"({processor.image_seq_length} tokens each); set media.size={tile}")
         video.size = {"height": size, "width": size}
-    elif kind in ("Qwen2VLProcessor", "Qwen2_5_VLProcessor"):
+    elif kind in ("Qwen2VLProcessor", "Qwen2_5_VLProcessor", "Qwen2_5OmniProcessor"):
         if size % 28:
             raise ValueError(f"media.size={size}: Qwen2-VL frames must be a multiple of 28 px "
                              f"(patch 14, merge 2); set media.size={max(28, size // 28 * 28)}")
         video.size = {"shortest_edge": size * size, "longest_edge": size * size}
-    return processor
+    return video_size_as_saved(processor)

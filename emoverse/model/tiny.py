@@ -1,11 +1,12 @@
 """The embedded default model: a tiny, randomly initialised vision-language model on disk.
 
-`emoverse model init-tiny --out DIR [--arch qwen2-vl|internvl]`
+`emoverse model init-tiny --out DIR [--arch qwen2-vl|internvl|qwen2.5-omni]`
 
 The directory it writes is an ordinary Hugging Face checkpoint (config, safetensors
 weights, tokenizer, processor, chat template), so everything downstream loads it with
 `AutoProcessor` / `AutoModelForImageTextToText` exactly as it would a downloaded model.
-The default is Qwen2-VL; `emoverse.model.architectures` lists the others (InternVL).
+The default is Qwen2-VL; `emoverse.model.architectures` lists the others (InternVL,
+Qwen2.5-Omni's thinker, which also hears the clip's audio).
 There is no model hub here, so the tokenizer is a byte-level BPE trained in-process on
 the EMT instruction vocabulary: with ~1000 tokens every label word is one token, which
 keeps `max_new_tokens` honest for the short answers.
@@ -38,6 +39,9 @@ class TinySpec:
     vision_width: int = 128
     vision_heads: int = 4
     image_size: int = 56  # frames are resized to this square (multiple of 28)
+    audio_depth: int = 2  # audio encoder (architectures that hear)
+    audio_width: int = 64
+    audio_heads: int = 4
     seed: int = 0
 
 

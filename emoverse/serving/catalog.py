@@ -16,7 +16,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
 
-from emoverse.model.checkpoint import is_checkpoint, parent_of
+from emoverse.model.checkpoint import hears, is_checkpoint, parent_of
 from emoverse.model.export import EXPORT_LINEAGE
 from emoverse.recipe import MediaConfig, Recipe, load_recipe
 from emoverse.rundir import RunDir, find_run
@@ -32,6 +32,7 @@ class ModelEntry(BaseModel):
     base: str
     adapter: str | None = None
     source: str  # what `load_model` would load to get the same weights merged
+    hears: bool = False  # trained with the clip's audio: fed it too
 
     @property
     def kind(self) -> str:
@@ -56,8 +57,10 @@ def stage_entry(checkpoint: Path, model_id: str) -> ModelEntry:
     checkpoint = checkpoint.resolve()
     if (checkpoint / "adapter").is_dir():
         return ModelEntry(id=model_id, base=parent_of(checkpoint),
-                          adapter=str(checkpoint / "adapter"), source=str(checkpoint))
-    return ModelEntry(id=model_id, base=str(checkpoint), source=str(checkpoint))
+                          adapter=str(checkpoint / "adapter"), source=str(checkpoint),
+                          hears=hears(checkpoint))
+    return ModelEntry(id=model_id, base=str(checkpoint), source=str(checkpoint),
+                      hears=hears(checkpoint))
 
 
 def _run_entries(run: RunDir, recipe: Recipe) -> list[ModelEntry]:
@@ -81,7 +84,7 @@ def _model_entries(path: Path) -> tuple[list[ModelEntry], Recipe | None]:
         raise FileNotFoundError(f"model: {path} is neither a run, a stage checkpoint nor a "
                                 "Hugging Face model directory (no config.json)")
     entry = ModelEntry(id=path.resolve().name, base=str(path.resolve()),
-                       source=str(path.resolve()))
+                       source=str(path.resolve()), hears=hears(path))
     return [entry], recipe or _exported_recipe(path)
 
 
@@ -109,8 +112,9 @@ def adapter_entry(model_id: str, spec: AdapterSpec, served: dict[str, ModelEntry
                          f"{', '.join(served)}")
     if model_id in served:
         raise ValueError(f"adapters.{model_id}: the id is already served by the model")
+    # a tenant adapter hears as the model it was trained over
     return ModelEntry(id=model_id, base=served[base_id].source, adapter=str(path),
-                      source=str(path))
+                      source=str(path), hears=served[base_id].hears)
 
 
 def _token_limit(args: ServeArgs, recipe: Recipe | None, entry: ModelEntry) -> int:
@@ -138,5 +142,10 @@ def build_catalog(args: ServeArgs) -> Catalog:
         raise ValueError(f"default_model: unknown model {default!r}; served: "
                          f"{', '.join(served)}")
     media = args.media or (recipe.media if recipe else MediaConfig())
+    hearing = [e.id for e in served.values() if e.hears]
+    if hearing and media.audio is None:
+        raise ValueError(f"model {hearing[0]!r} was trained to hear the clip's audio, but the "
+                         "served media settings have no media.audio; serve it with its run's "
+                         "recipe, or give media.audio")
     return Catalog(entries=served, default=default, media=media,
                    max_input_tokens=_token_limit(args, recipe, served[default]))

@@ -1,7 +1,9 @@
 """`POST /v1/chat/completions`: OpenAI-style chat with a video content part.
 
 The model is trained on one user turn (a video and a prompt) under a fixed system
-prompt, so a request carries one user message with one `video_url` part and text. With
+prompt, so a request carries one user message with one `video_url` part and text, and,
+for a model trained to hear, at most one `input_audio` part (OpenAI's: base64 wav or
+mp3), heard instead of the video's own audio track. With
 emoverse's `task` field (OpenAI clients: `extra_body`), the text is the transcript and
 the prompt is the task's training prompt, as in `/v1/analyze`; without it the text is
 the prompt verbatim, and the answer is parsed when the prompt carries a task tag.
@@ -28,8 +30,8 @@ from pydantic import ValidationError
 
 from emoverse.serving.errors import ServingError, invalid
 from emoverse.serving.model_pool import Delta
-from emoverse.serving.requests import (Outcome, Service, structured, task_of_prompt, timing,
-                                       usage)
+from emoverse.serving.requests import (HeardAudio, Outcome, Service, structured,
+                                       task_of_prompt, timing, usage)
 from emoverse.serving.schemas import (ChatCompletionChunk, ChatRequest, ChunkChoice,
                                       ChunkDelta, ContentPart, EmoverseExtras, TaskInput)
 from emoverse.serving.videos import VideoRef
@@ -38,8 +40,9 @@ from emoverse.tasks import get_task
 logger = logging.getLogger(__name__)
 
 
-def user_turn(req: ChatRequest) -> tuple[str, tuple[str, str]]:
-    """(text, (field, url)) of the request's single user message."""
+def user_turn(req: ChatRequest, max_bytes: int
+              ) -> tuple[str, tuple[str, str], HeardAudio | None]:
+    """(text, (field, url), audio) of the request's single user message."""
     if any(m.role == "assistant" for m in req.messages):
         raise ServingError(422, "messages", "only one user turn is supported (the model is "
                            "trained on single-turn prompts); drop the assistant turns")
@@ -55,7 +58,30 @@ def user_turn(req: ChatRequest) -> tuple[str, tuple[str, str]]:
         raise ServingError(422, f"messages.{index}.content", "needs exactly one video_url "
                            f"part, got {len(videos)}")
     text = "\n".join(p.text for p in parts if p.type == "text" and p.text).strip()
-    return text, videos[0]
+    return text, videos[0], heard_audio(parts, f"messages.{index}.content", max_bytes)
+
+
+def heard_audio(parts: list[ContentPart], field: str, max_bytes: int) -> HeardAudio | None:
+    """The message's `input_audio` part, decoded from base64 (at most one)."""
+    sounds = [(f"{field}.{j}.input_audio", p.input_audio) for j, p in enumerate(parts)
+              if p.type == "input_audio"]
+    if not sounds:
+        return None
+    if len(sounds) > 1:
+        raise ServingError(422, field, f"at most one input_audio part, got {len(sounds)}")
+    where, part = sounds[0]
+    if part is None:
+        raise ServingError(422, where, "an input_audio part needs its input_audio object "
+                           "({data, format})")
+    if len(part.data) * 3 // 4 > max_bytes:
+        raise ServingError(413, where, f"audio is over the {max_bytes / 2**20:g} MiB limit")
+    try:
+        data = base64.b64decode(part.data, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise ServingError(422, f"{where}.data", f"malformed base64 data: {exc}") from exc
+    if not data:
+        raise ServingError(422, f"{where}.data", "empty audio")
+    return HeardAudio(data, part.format, where)
 
 
 @contextmanager
@@ -97,14 +123,15 @@ def prompt_of(req: ChatRequest, text: str) -> tuple[str, str | None]:
 
 
 def _inputs(service: Service, req: ChatRequest, header: str | None):
-    """(model id, task, prompt, answer budget, (field, video url)) of a chat request."""
+    """(model id, task, prompt, answer budget, (field, video url), audio) of a chat
+    request."""
     if req.n != 1:
         raise ServingError(400, "n", "only n=1 is supported (decoding is greedy)")
     model_id = service.model_id(req.model, header)
-    text, video = user_turn(req)
+    text, video, audio = user_turn(req, service.args.limits.max_upload_bytes)
     prompt, task = prompt_of(req, text)
     return model_id, task, prompt, service.budget(task, req.max_completion_tokens
-                                                  or req.max_tokens), video
+                                                  or req.max_tokens), video, audio
 
 
 def _extras(service: Service, task: str | None, model_id: str, out: Outcome,
@@ -122,9 +149,9 @@ def _finish(out: Outcome, budget: int) -> str:
 
 async def complete(service: Service, req: ChatRequest, header: str | None = None) -> dict:
     start = time.perf_counter()
-    model_id, task, prompt, budget, (field, url) = _inputs(service, req, header)
+    model_id, task, prompt, budget, (field, url), audio = _inputs(service, req, header)
     with chat_video(service, field, url) as video:
-        out = await service.run(model_id, prompt, video, budget, "messages")
+        out = await service.run(model_id, prompt, video, budget, "messages", audio)
     raw = out.generation.text
     return {
         "id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion",
@@ -140,9 +167,9 @@ async def stream(service: Service, req: ChatRequest,
                  header: str | None = None) -> AsyncIterator[bytes]:
     """The server-sent events of a streamed chat, once its first delta is in hand."""
     start = time.perf_counter()
-    model_id, task, prompt, budget, (field, url) = _inputs(service, req, header)
+    model_id, task, prompt, budget, (field, url), audio = _inputs(service, req, header)
     with chat_video(service, field, url) as video:
-        ready = await service.prepare(prompt, video, budget, "messages")
+        ready = await service.prepare(model_id, prompt, video, budget, "messages", audio)
     asked = time.perf_counter()
     deltas = service.backend.stream(model_id, ready.job).__aiter__()
     try:

@@ -30,6 +30,7 @@ class Job:
     prompt: str
     frames: np.ndarray  # (num_frames, size, size, 3) uint8, from the media stage's code
     max_new_tokens: int
+    audio: np.ndarray | None = None  # int16 mono samples, for a model that hears
 
 
 @dataclass
@@ -54,7 +55,7 @@ class _Base:
     model: object  # a transformers model, or a peft model once an adapter is attached
     processor: object
     device: str
-    collate: Collator
+    collators: dict[bool, Collator]  # without and with the audio
     adapters: set[str] = field(default_factory=set)
     users: set[str] = field(default_factory=set)  # loaded model ids on this base
 
@@ -117,7 +118,7 @@ class ModelPool:
             entry = self.catalog.entry(model_id)
             base = self._load(entry)
             start = time.perf_counter()
-            enc = _encode(base, jobs)
+            enc = _encode(base, jobs, entry.hears)
             budget = max(j.max_new_tokens for j in jobs)
             with _selected(base, entry):
                 new = greedy_new_tokens(base.model, enc, budget)
@@ -192,7 +193,7 @@ class ModelPool:
                 self._settle()
                 entry = self.catalog.entry(model_id)
                 base = self._load(entry)
-                enc = _encode(base, jobs)
+                enc = _encode(base, jobs, entry.hears)
                 steps.put((base, enc["attention_mask"], time.perf_counter()))
                 with _selected(base, entry):
                     greedy_new_tokens(base.model, enc, max(j.max_new_tokens for j in jobs),
@@ -218,15 +219,22 @@ class ModelPool:
         processor = load_processor(path, self.trust_remote_code)
         device = _device()
         model = load_model(path, self.trust_remote_code).to(device).eval()
+        hearing = getattr(processor, "feature_extractor", None) is not None
         base = _Base(model=model, processor=processor, device=device,
-                     collate=Collator(processor, train=False))
+                     collators={False: Collator(processor, train=False),
+                                **({True: Collator(processor, train=False, hears=True)}
+                                   if hearing else {})})
         self._bases[path] = base
         return base
 
 
-def _encode(base: _Base, jobs: list[Job]) -> dict:
-    """The jobs as one batch of model inputs, on the base's device."""
-    enc = base.collate({"prompt": [j.prompt for j in jobs], "frames": [j.frames for j in jobs]})
+def _encode(base: _Base, jobs: list[Job], hears: bool = False) -> dict:
+    """The jobs as one batch of model inputs (their audio too, for a model that `hears`),
+    on the base's device."""
+    rows = {"prompt": [j.prompt for j in jobs], "frames": [j.frames for j in jobs]}
+    if hears:
+        rows.update(audio=[j.audio for j in jobs], audio_samples=[len(j.audio) for j in jobs])
+    enc = base.collators[hears](rows)
     return {k: v.to(base.device) if hasattr(v, "to") else v for k, v in enc.items()}
 
 

@@ -13,6 +13,9 @@ import time
 from dataclasses import dataclass
 from typing import Any, AsyncIterator, Protocol
 
+import numpy as np
+
+from emoverse.recipe import MediaConfig
 from emoverse.serving.auth import ApiKeys
 from emoverse.serving.catalog import Catalog, build_catalog
 from emoverse.serving.config import ServeArgs
@@ -26,6 +29,28 @@ from emoverse.tasks import TASK_NAMES, Answer, get_task
 from emoverse.model.inputs import Collator
 
 MODEL_HEADER = "serve_multiplexed_model_id"  # Serve's multiplexing header
+
+
+@dataclass(frozen=True)
+class HeardAudio:
+    """Audio sent apart from the video: encoded bytes of a container such as wav or mp3."""
+
+    data: bytes
+    format: str
+    field: str
+
+    def decoded(self, media: MediaConfig) -> np.ndarray:
+        """Mono samples at the served model's rate, cut as a clip's track is (its middle
+        `max_seconds`); a 422 naming the field when they cannot be decoded."""
+        import io
+
+        from emoverse.media.audio import decode_audio
+        from emoverse.media.clips import MediaError
+
+        try:
+            return decode_audio(io.BytesIO(self.data), media.audio, format=self.format)
+        except MediaError as exc:
+            raise ServingError(422, self.field, f"cannot use the audio: {exc}") from exc
 
 
 class Backend(Protocol):
@@ -66,7 +91,11 @@ class Service:
         self.telemetry = telemetry or NoTelemetry()
         self.keys = keys or ApiKeys(args.auth.api_keys_env, args.auth.api_keys_file)
         self.videos = VideoSource(catalog.media, args.limits, args.media_root)
-        self._collate = Collator(processor, train=False)
+        hearing = getattr(processor, "feature_extractor", None) is not None
+        # token counting, with the audio's tokens for a model that hears
+        self._collators = {False: Collator(processor, train=False),
+                           **({True: Collator(processor, train=False, hears=True)}
+                              if hearing else {})}
         self._started = int(time.time())
 
     @classmethod
@@ -110,18 +139,20 @@ class Service:
         return requested or self.args.max_new_tokens.get(task or "", max(
             self.args.max_new_tokens.values()))
 
-    async def prepare(self, prompt: str, video: VideoRef, budget: int,
-                      text_field: str) -> Prepared:
-        """Clip and token check, off the event loop."""
+    async def prepare(self, model_id: str, prompt: str, video: VideoRef, budget: int,
+                      text_field: str, audio: HeardAudio | None = None) -> Prepared:
+        """Clip, audio and token check, off the event loop. `audio`: sound given apart
+        from the video (chat's `input_audio`), heard instead of the clip's own track."""
         start = time.perf_counter()
-        clip, tokens = await asyncio.to_thread(self._prepare, prompt, video, budget, text_field)
-        return Prepared(Job(prompt, clip.frames, budget), clip, tokens,
+        clip, sound, tokens = await asyncio.to_thread(
+            self._prepare, model_id, prompt, video, budget, text_field, audio)
+        return Prepared(Job(prompt, clip.frames, budget, sound), clip, tokens,
                         (time.perf_counter() - start) * 1000)
 
     async def run(self, model_id: str, prompt: str, video: VideoRef, budget: int,
-                  text_field: str) -> Outcome:
+                  text_field: str, audio: HeardAudio | None = None) -> Outcome:
         """The prepared request's model call."""
-        ready = await self.prepare(prompt, video, budget, text_field)
+        ready = await self.prepare(model_id, prompt, video, budget, text_field, audio)
         start = time.perf_counter()
         generation = await self.backend.generate(model_id, ready.job)
         return Outcome(generation, ready.clip, ready.prompt_tokens, ready.media_ms,
@@ -135,17 +166,27 @@ class Service:
                                 out.generation.generate_ms, out.clip.face_found,
                                 None if answer is None else answer.ok)
 
-    def _prepare(self, prompt: str, video: VideoRef, budget: int,
-                 text_field: str) -> tuple[ServedClip, int]:
+    def _prepare(self, model_id: str, prompt: str, video: VideoRef, budget: int,
+                 text_field: str, given: HeardAudio | None
+                 ) -> tuple[ServedClip, np.ndarray | None, int]:
+        hears = self.catalog.entry(model_id).hears
+        if given is not None and not hears:
+            raise ServingError(422, given.field, f"model {model_id!r} was not trained to hear "
+                               "audio; send the video alone, or ask a model whose stages "
+                               "set audio: true")
         clip = self.videos.clip(video)
-        tokens = int(self._collate({"prompt": [prompt], "frames": [clip.frames]})
-                     ["input_ids"].shape[1])
+        sound = (given.decoded(self.catalog.media) if given is not None else clip.audio) \
+            if hears else None
+        row = {"prompt": [prompt], "frames": [clip.frames]}
+        if hears:
+            row.update(audio=[sound], audio_samples=[len(sound)])
+        tokens = int(self._collators[hears](row)["input_ids"].shape[1])
         limit = self.catalog.max_input_tokens
         if tokens + budget > limit:
             raise ServingError(422, text_field, f"too long for the model: {tokens} prompt and "
                                f"video tokens + {budget} answer tokens > {limit} "
                                "(limits.max_input_tokens)")
-        return clip, tokens
+        return clip, sound, tokens
 
     async def analyze(self, req: AnalyzeRequest, video: VideoRef,
                       model_id: str) -> AnalyzeResponse:

@@ -159,12 +159,21 @@ class VideoURL(BaseModel):
     url: str
 
 
+class InputAudio(BaseModel):
+    """OpenAI's `input_audio` part: base64-encoded audio of a container format."""
+
+    data: str = Field(description="base64-encoded audio file")
+    format: Literal["wav", "mp3"]
+
+
 class ContentPart(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
-    type: Literal["text", "video_url"]
+    type: Literal["text", "video_url", "input_audio"]
     text: str | None = None
     video_url: VideoURL | None = None
+    # heard instead of the video's own audio track, by a model that hears
+    input_audio: InputAudio | None = None
 
 
 class ChatMessage(BaseModel):

@@ -2,7 +2,8 @@
 
 Clips are made by the media stage's own code (`emoverse.media.clips.process_clip`) with
 the run's media config, so a served clip is decoded, sampled, face-cropped and resized
-exactly as in training. Processed clips are kept in a small LRU (keyed by content hash
+exactly as in training, and its audio decoded and cut as in training when the run's
+recipe has `media.audio`. Processed clips are kept in a small LRU (keyed by content hash
 for uploads, by path, size and mtime for stored files): clients often ask several
 tasks about one clip. Every refusal is a `ServingError` naming the input.
 """
@@ -47,6 +48,7 @@ class ServedClip:
     frames: np.ndarray
     face_found: bool
     cached: bool
+    audio: np.ndarray | None = None  # the span's int16 samples, when media.audio is set
 
 
 class VideoSource:
@@ -131,14 +133,14 @@ class VideoSource:
             hit = self._cache.get(key)
             if hit is not None:
                 self._cache.move_to_end(key)
-                return ServedClip(hit.frames, hit.face_found, cached=True)
+                return ServedClip(hit.frames, hit.face_found, cached=True, audio=hit.audio)
         self.check(video)
         try:
             with self._detect_lock:
                 clip = process_clip(video.path, self.media, self._detector, video.start, video.end)
         except MediaError as exc:
             raise ServingError(422, video.field, f"cannot use the video: {exc}") from exc
-        served = ServedClip(clip.frames, clip.face_found, cached=False)
+        served = ServedClip(clip.frames, clip.face_found, cached=False, audio=clip.audio)
         self._remember(key, served)
         return served
 

@@ -1,7 +1,8 @@
 """Every stage's sequence budget, checked before any work starts.
 
 A sample is its clip's visual tokens (frames x tokens per frame, plus the processor's
-frame markers), the chat-templated prompt, and the answer. Each stage's longest sample
+frame markers; for a stage that hears, the audio tokens of `media.audio.max_seconds` too),
+the chat-templated prompt, and the answer. Each stage's longest sample
 (by text tokens, among the training rows its mixture draws) is rendered exactly as the
 collator will render it, with a blank clip of the recipe's frames and size, and must fit
 the stage's `max_length`; a sample that does not is a `BudgetError` naming the stage, the
@@ -28,22 +29,24 @@ class BudgetError(ValueError):
 @dataclass(frozen=True)
 class StageBudget:
     stage: str
-    visual: int  # tokens of one clip, frame markers included
+    visual: int  # tokens of one clip, frame markers (and its audio, if heard) included
     prompt: int  # the longest sample's templated prompt, without the clip
     answer: int
     total: int
     max_length: int
+    hears: bool = False
 
     @property
     def fits(self) -> bool:
         return self.total <= self.max_length
 
     def problem(self, media: MediaConfig) -> str:
-        return (f"stage {self.stage!r}: its longest sample needs {self.total} tokens (visual "
-                f"{self.visual} for {media.num_frames} frames at {media.size} px, prompt "
-                f"{self.prompt}, answer {self.answer}) but max_length is {self.max_length}; "
-                f"set stages.{self.stage}.max_length={self.total} or more, or lower "
-                f"media.num_frames")
+        heard = f" and {media.audio.max_seconds:g} s of audio" if self.hears else ""
+        return (f"stage {self.stage!r}: its longest sample needs {self.total} tokens (clip "
+                f"{self.visual} for {media.num_frames} frames at {media.size} px{heard}, "
+                f"prompt {self.prompt}, answer {self.answer}) but max_length is "
+                f"{self.max_length}; set stages.{self.stage}.max_length={self.total} or more, "
+                f"or lower media.num_frames{' or media.audio.max_seconds' if heard else ''}")
 
 
 def stage_rows(manifest: pd.DataFrame, stage: StageConfig) -> pd.DataFrame:
@@ -55,16 +58,23 @@ def stage_rows(manifest: pd.DataFrame, stage: StageConfig) -> pd.DataFrame:
 
 
 def _text_only(convo: list[dict]) -> list[dict]:
-    return [{**turn, "content": [p for p in turn["content"] if p.get("type") != "video"]}
+    return [{**turn, "content": [p for p in turn["content"]
+                                 if p.get("type") not in ("video", "audio")]}
             if isinstance(turn["content"], list) else turn for turn in convo]
 
 
-def sample_budget(processor, prompt: str, target: str, media: MediaConfig) -> tuple[int, ...]:
-    """(visual, prompt, answer, total) tokens of one sample as the collator renders it."""
+def sample_budget(processor, prompt: str, target: str, media: MediaConfig,
+                  hears: bool = False) -> tuple[int, ...]:
+    """(clip, prompt, answer, total) tokens of one sample as the collator renders it; the
+    clip's audio (the longest the cache keeps) counts when the stage `hears`."""
     tokenizer = processor.tokenizer
-    clip = np.zeros((media.num_frames, media.size, media.size, 3), np.uint8)
-    total = int(Collator(processor, max_length=10 ** 9)(
-        {"prompt": [prompt], "target": [target], "frames": [clip]})["attention_mask"].sum())
+    row = {"prompt": [prompt], "target": [target],
+           "frames": [np.zeros((media.num_frames, media.size, media.size, 3), np.uint8)]}
+    if hears:
+        row.update(audio=[np.zeros(media.audio.max_samples, np.int16)],
+                   audio_samples=[media.audio.max_samples])
+    total = int(Collator(processor, max_length=10 ** 9, hears=hears)(row)
+                ["attention_mask"].sum())
 
     def length(convo, generation_prompt):
         text = processor.apply_chat_template(convo, tokenize=False,
@@ -90,8 +100,10 @@ def stage_budgets(recipe: Recipe, manifest: pd.DataFrame, processor) -> list[Sta
             tokenizer(rows.target.astype(str).tolist(), add_special_tokens=False).input_ids)]
         longest = rows.iloc[int(np.argmax(lengths))]
         visual, prompt, answer, total = sample_budget(processor, str(longest.prompt),
-                                                      str(longest.target), recipe.media)
-        budgets.append(StageBudget(stage.name, visual, prompt, answer, total, stage.max_length))
+                                                      str(longest.target), recipe.media,
+                                                      stage.audio)
+        budgets.append(StageBudget(stage.name, visual, prompt, answer, total, stage.max_length,
+                                   stage.audio))
     return budgets
 
 

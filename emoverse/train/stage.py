@@ -54,6 +54,7 @@ class PredictJob:
     cache_dir: str | None = None  # None: the session holds the rows itself (LocalSession)
     split: str = "test"
     tasks: tuple[str, ...] | None = None
+    hears: bool = False  # the rows carry their audio (the stage's `audio`)
 
     def __post_init__(self):
         if self.tasks is not None:  # a list, after a trip through JSON or a driver's dict
@@ -118,7 +119,7 @@ class Session(Protocol):
 
     def eval_rows(self) -> pd.DataFrame:
         """This process's share of the rows to answer at the end (`StageJob.predict`):
-        sample_id, task, prompt, frames."""
+        sample_id, task, prompt, frames (and the audio columns when the stage hears)."""
 
 
 def train(job: StageJob, session: Session) -> LoopState:
@@ -143,7 +144,7 @@ def _train(job: StageJob, session: Session, steps: StepLog | None) -> LoopState:
     processor = load_processor(job.init_from)
     if job.frame_size:  # saved with the checkpoint, so evaluation and serving see the same
         fit_processor(processor, job.frame_size)
-    collate = Collator(processor, stage.max_length)
+    collate = Collator(processor, stage.max_length, hears=stage.audio)
     per_process = stage.batch_size // session.world_size
     with session.restored() as resume:
         state = LoopState.from_dict(json.loads((resume / LOOP_STATE).read_text())) \
@@ -160,7 +161,7 @@ def _train(job: StageJob, session: Session, steps: StepLog | None) -> LoopState:
             model.gradient_checkpointing_enable(
                 gradient_checkpointing_kwargs={"use_reentrant": False})
         torch.manual_seed(stage.seed)  # new parameters (LoRA) start the same in every run
-        model = apply_trainable(model, stage.trainable)
+        model = apply_trainable(model, stage.trainable, hears=stage.audio)
         if main:
             log.info("[%s] %s", stage.name, trainable_summary(model))
         # DeepSpeed wraps and distributes the model itself.
@@ -203,7 +204,9 @@ def _train(job: StageJob, session: Session, steps: StepLog | None) -> LoopState:
             engine.save(Path(tmp) / ENGINE_DIR, is_main=main)  # collective for DeepSpeed
             if final and engine.save_pretrained(Path(tmp) / weights_dir(engine.module),
                                                 is_main=main):
-                lineage = {**job.lineage, "step": state.step, "loss": metrics["loss"],
+                # `audio`: evaluation and serving feed this model the clip's audio too
+                lineage = {**job.lineage, "audio": stage.audio,
+                           "step": state.step, "loss": metrics["loss"],
                            "losses": state.losses, "log_every": stage.log_every,
                            "samples_per_second": state.samples_per_second * session.world_size,
                            "data_wait_fraction": state.data_wait_fraction,
@@ -246,7 +249,8 @@ def answer_share(model, processor, session: Session, job: PredictJob, out: Path,
     if session.rank == 0:
         log.info("[%s] answering the evaluation rows in the training processes (%d here)",
                  stage, len(rows))
-    generator = AnswerGenerator.from_model(model, processor, job.max_new_tokens)
+    generator = AnswerGenerator.from_model(model, processor, job.max_new_tokens,
+                                           hears=job.hears)
     out.mkdir(parents=True, exist_ok=True)
     answer_rows(generator, rows, job.batch_size).to_parquet(
         out / f"rank-{session.rank:05d}.parquet", index=False)

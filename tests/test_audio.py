@@ -5,6 +5,8 @@ without. No Ray."""
 
 from __future__ import annotations
 
+import base64
+
 import numpy as np
 import pytest
 import torch
@@ -226,3 +228,121 @@ def test_the_model_uses_what_it_hears(omni, tmp_path):
         without = results[False][task][VOICE_SOURCE]["accuracy"]
         assert with_audio >= 0.9 and with_audio > base + 0.3, (task, with_audio, base)
         assert without < base + 0.2, (task, without, base)  # two labels, about even
+
+
+# ---------------------------------------------------------------- serving
+
+
+def wav_bytes(samples: np.ndarray, rate: int = RATE) -> bytes:
+    import io
+    import wave
+
+    out = io.BytesIO()
+    with wave.open(out, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes((np.clip(samples, -1, 1) * 32767).astype(np.int16).tobytes())
+    return out.getvalue()
+
+
+@pytest.fixture(scope="module")
+def hearing_run(tmp_path_factory, omni):
+    """A served run whose one stage heard: trained until a bright voice says "Positive."
+    and a dull one "Negative." over the same frames and words; and its two clips."""
+    from emoverse.model.checkpoint import apply_trainable, save_checkpoint
+    from emoverse.recipe import dump_recipe
+    from emoverse.train.engine import TorchEngine
+    from emoverse.train.loop import train_epochs
+
+    root = tmp_path_factory.mktemp("heard")
+    recipe = load_recipe("m2se-tiny-audio")
+    dump_recipe(recipe, root / "run" / "recipe.yaml")
+    stage = recipe.stages[0]
+    frames = np.random.default_rng(1).integers(0, 255, (8, 112, 112, 3), dtype=np.uint8)
+    voices = {kind: render_voice(kind, np.random.default_rng(2), 1.0) for kind in ("bright", "dull")}
+    clips = {}
+    for kind, voice in voices.items():
+        clips[kind] = root / "media" / f"{kind}.mp4"
+        clips[kind].parent.mkdir(exist_ok=True)
+        write_mp4(frames, str(clips[kind]), audio=voice, audio_rate=RATE)
+    detector = detector_for(recipe.media)
+    heard = {k: process_clip(str(p), recipe.media, detector) for k, p in clips.items()}
+    rows = {"prompt": ["[MSA] The person says: okay"] * 2,
+            "target": ["Positive.", "Negative."],
+            "frames": [heard["bright"].frames, heard["dull"].frames],
+            "audio": [heard["bright"].audio, heard["dull"].audio],
+            "audio_samples": [len(heard["bright"].audio), len(heard["dull"].audio)]}
+    processor = load_processor(omni)
+    from emoverse.model.inputs import fit_processor
+
+    fit_processor(processor, recipe.media.size)
+    model = apply_trainable(load_model(omni), stage.trainable, hears=True)
+    batch = Collator(processor, 512, hears=True)(rows)
+    torch.manual_seed(0)
+    steps = 60
+    short = stage.model_copy(update={"epochs": steps, "warmup_steps": 0})
+    train_epochs(TorchEngine(model, short, steps), lambda epoch: iter([batch]), short, steps)
+    save_checkpoint(model, processor, root / "run" / "checkpoints" / stage.name,
+                    {"parent": str(omni), "stage": stage.name, "audio": True})
+    return root, stage.name, voices
+
+
+def test_a_served_model_that_hears_gets_the_clips_and_the_chats_audio(hearing_run):
+    from fastapi.testclient import TestClient
+
+    from emoverse.serving.api import create_app
+    from emoverse.serving.config import ServeArgs
+    from emoverse.serving.model_pool import ModelPool
+    from emoverse.serving.requests import Service
+    from test_serving import PoolBackend  # tests/ is on the path (no package)
+
+    root, stage, voices = hearing_run
+    args = ServeArgs(model=str(root / "run"), media_root=str(root / "media"))
+    service = Service.create(args, None)
+    service.backend = PoolBackend(ModelPool(service.catalog))
+    assert service.catalog.entry(stage).hears
+    client = TestClient(create_app(service))
+
+    def analyze(clip: str) -> dict:
+        return client.post("/v1/analyze", json={"task": "msa", "transcript": "okay",
+                                                "video_path": clip}).json()
+
+    # the clip's own track reaches the model: the same frames and words, two answers
+    assert analyze("bright.mp4")["answer"] == {"label": "positive"}
+    assert analyze("dull.mp4")["answer"] == {"label": "negative"}
+
+    def chat(voice: str | None, clip: str = "bright.mp4") -> dict:
+        parts = [{"type": "video_url", "video_url": {"url": clip}},
+                 {"type": "text", "text": "okay"}]
+        if voice:
+            data = base64.b64encode(wav_bytes(voices[voice])).decode()
+            parts.append({"type": "input_audio", "input_audio": {"data": data, "format": "wav"}})
+        return client.post("/v1/chat/completions", json={
+            "messages": [{"role": "user", "content": parts}], "task": "msa"})
+
+    assert chat(None).json()["emoverse"]["answer"] == {"label": "positive"}
+    # an input_audio part is heard instead of the clip's track
+    assert chat("dull").json()["emoverse"]["answer"] == {"label": "negative"}
+    bad = client.post("/v1/chat/completions", json={"task": "msa", "messages": [{
+        "role": "user", "content": [{"type": "video_url", "video_url": {"url": "bright.mp4"}},
+                                    {"type": "text", "text": "okay"},
+                                    {"type": "input_audio",
+                                     "input_audio": {"data": "bm90IGF1ZGlv", "format": "wav"}}]}]})
+    assert bad.status_code == 422, bad.json()
+    assert bad.json()["error"]["field"] == "messages.0.content.2.input_audio", bad.json()
+    assert "cannot use the audio" in bad.json()["error"]["message"]
+    # a model trained without audio refuses audio by name
+    service.catalog.entries[stage] = service.catalog.entry(stage).model_copy(
+        update={"hears": False})
+    deaf = chat("dull")
+    assert deaf.status_code == 422 and "was not trained to hear" in deaf.json()["error"]["message"]
+
+
+def test_a_hearing_model_is_not_served_without_audio_settings(hearing_run):
+    from emoverse.serving.catalog import build_catalog
+    from emoverse.serving.config import ServeArgs
+
+    root, _, _ = hearing_run
+    with pytest.raises(ValueError, match="trained to hear .* no media.audio"):
+        build_catalog(ServeArgs(model=str(root / "run"), media=MediaConfig(size=56)))

@@ -96,3 +96,45 @@ def test_init_like_writes_a_model_that_loads_and_trains(tmp_path):
     loss = model(**batch).loss
     loss.backward()
     assert torch.isfinite(loss)
+
+
+def test_the_omni_thinker_is_its_published_parts_and_hears():
+    """Qwen2.5-Omni-7B's thinker at real width: its language stack is Qwen2.5-7B's
+    published 7.61B, its vision tower Qwen2.5-VL-7B's, its audio encoder Whisper-large-v3's
+    encoder; the processor takes 16 kHz audio as 128 mel bins, the tokens sit at their ids."""
+    from transformers import AutoModelForImageTextToText
+
+    family = load_family("qwen2.5-omni-7b")
+    with torch.device("meta"):
+        model = AutoModelForImageTextToText.from_config(_native_config(family))
+    parts = {n: sum(p.numel() for p in c.parameters()) for n, c in model.model.named_children()}
+    text = parts["language_model"] + sum(p.numel() for p in model.lm_head.parameters())
+    assert text == pytest.approx(7.616e9, rel=0.002)
+    assert parts["visual"] == pytest.approx(0.6766e9, rel=0.002)
+    assert parts["audio_tower"] == pytest.approx(0.6396e9, rel=0.002)
+    tokenizer = padded_tokenizer(family, instruction_corpus())
+    assert {t: tokenizer.convert_tokens_to_ids(t) for t in family.tokens} == family.tokens
+    processor = family_processor(family, tokenizer)
+    assert processor.feature_extractor.feature_size == 128
+    assert processor.audio_token_id == family.config["audio_token_index"] == 151646
+
+
+@pytest.mark.integration
+def test_the_omni_thinker_at_one_layer_trains_on_frames_and_audio(tmp_path):
+    from emoverse.model.checkpoint import load_model, load_processor
+    from emoverse.model.families import write_like
+    from emoverse.model.inputs import Collator, fit_processor
+
+    out = write_like("qwen2.5-omni-7b", tmp_path / "omni", instruction_corpus(), layers=1)
+    processor, model = fit_processor(load_processor(out), 224), load_model(out)
+    assert model.config.text_config.hidden_size == 3584
+    batch = Collator(processor, 4096, hears=True)({
+        "prompt": ["The person says: okay"], "target": ["Positive."],
+        "frames": [np.zeros((8, 224, 224, 3), np.uint8)],
+        "audio": [np.zeros(5 * 16000, np.int16)], "audio_samples": [5 * 16000]})
+    ids = batch["input_ids"]
+    assert int((ids == 151646).sum()) == 125  # 25 audio tokens a second
+    assert int((ids == 151656).sum()) == 256  # 8 frames at 224 px: 4 x 64
+    loss = model(**batch).loss
+    loss.backward()
+    assert torch.isfinite(loss)

@@ -10,7 +10,7 @@ def _bench_media(args) -> int:
 
     detectors = tuple(dict.fromkeys(args.detector))  # keep the order, drop repeats
     print(report(run(args.clips, args.scale, detectors, args.yunet_model, args.workdir,
-                     args.frames, args.side, args.decode_side)))
+                     args.frames, args.side, args.decode_side, not args.no_audio)))
     return 0
 
 
@@ -55,7 +55,8 @@ def register(sub) -> None:
         "media", help="face detectors side by side: media stage vs a naive loop, faces found",
         description="On the same generated clips: (a) a naive single-process loop decoding "
                     "every frame, (b) the Ray Data media stage on all CPUs, (c) decoding the "
-                    "sampled frames alone, on SCALE x N clips. Prints clips/s, b/a, b/c and the peak memory of "
+                    "sampled frames alone, (d) the media stage with the clips' audio too, on "
+                    "SCALE x N clips. Prints clips/s, b/a, b/c, d/b and the peak memory of "
                     "the Ray processes on N and SCALE x N clips.")
     bm.add_argument("--clips", type=positive_int, default=150, help="clips (default 150)")
     bm.add_argument("--frames", type=positive_int, default=48,
@@ -71,6 +72,8 @@ def register(sub) -> None:
                     help="detectors to compare (default: mtcnn haar; yunet needs --yunet-model)")
     bm.add_argument("--yunet-model", help="YuNet ONNX weights (detector yunet)")
     bm.add_argument("--workdir", help="where to write the clips (default: a temp dir)")
+    bm.add_argument("--no-audio", action="store_true",
+                    help="skip (d), the media stage with each clip's audio track too")
     bm.set_defaults(func=_bench_media)
 
     from emoverse.model.families import family_names

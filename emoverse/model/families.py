@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Literal
 
 from emoverse.config_file import Strict, validated
-from emoverse.model.architectures import INTERNVL_NAMED
+from emoverse.model.architectures import INTERNVL_NAMED, OMNI_NAMED
 from emoverse.model.chat_templates import TEMPLATES
 
 FAMILY_DIR = Path(__file__).parent / "families"
@@ -91,6 +91,8 @@ def padded_tokenizer(family: Family, corpus: list[str]):
     tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in special])
     # The names InternVL's processor reads; a remote-code source has none (convert adds them).
     named = INTERNVL_NAMED if "<IMG_CONTEXT>" in special and family.format == "native" else {}
+    if "<|AUDIO|>" in special:  # the names Qwen2.5-Omni's processor reads
+        named = OMNI_NAMED
     roles = {k: v for k, v in (("bos_token", "<s>"), ("unk_token", "<unk>")) if v in special}
     return PreTrainedTokenizerFast(
         tokenizer_object=tok, eos_token=family.eos_tokens[0], pad_token=family.pad_token,
@@ -118,6 +120,18 @@ def family_processor(family: Family, tokenizer):
             image_processor=Qwen2VLImageProcessor(size=pixels, **norm),
             video_processor=Qwen2VLVideoProcessor(size=pixels, cap_pixels_per_frame=True,
                                                   **norm),
+            tokenizer=tokenizer, chat_template=tokenizer.chat_template)
+    if model_type == "qwen2_5_omni_thinker":
+        from transformers import (Qwen2_5OmniProcessor, Qwen2VLImageProcessor,
+                                  Qwen2VLVideoProcessor, WhisperFeatureExtractor)
+
+        pixels = {"shortest_edge": p["min_pixels"], "longest_edge": p["max_pixels"]}
+        return Qwen2_5OmniProcessor(
+            image_processor=Qwen2VLImageProcessor(size=pixels, **norm),
+            video_processor=Qwen2VLVideoProcessor(size=pixels, cap_pixels_per_frame=True,
+                                                  **norm),
+            feature_extractor=WhisperFeatureExtractor(feature_size=p["mel_bins"],
+                                                      sampling_rate=p["sampling_rate"]),
             tokenizer=tokenizer, chat_template=tokenizer.chat_template)
     if model_type == "smolvlm":
         from transformers import SmolVLMImageProcessor, SmolVLMProcessor, SmolVLMVideoProcessor
@@ -160,6 +174,9 @@ def reduced_config(family: Family, layers: int | None) -> dict:
     if "fullatt_block_indexes" in vision:  # Qwen2.5-VL: keep a full-attention block
         kept = [i for i in vision["fullatt_block_indexes"] if i < vision[key]]
         vision["fullatt_block_indexes"] = kept or [vision[key] - 1]
+    if "audio_config" in cfg:  # Qwen2.5-Omni's audio encoder
+        audio = cfg["audio_config"]
+        audio["encoder_layers"] = min(layers, audio["encoder_layers"])
     return cfg
 
 

@@ -19,10 +19,11 @@ def _bench_train(args) -> int:
         from emoverse.benchmarks.train_like import report, run
 
         print(report(run(args.like, args.layers, args.model, args.steps, args.warmup,
-                         args.batch_size, args.recipe, args.precision, args.workdir)))
+                         args.batch_size, args.recipe, args.precision, args.workdir,
+                         args.audio)))
         return 0
-    if args.model or args.layers:
-        raise ValueError("--model and --layers go with --like NAME")
+    if args.model or args.layers or args.audio:
+        raise ValueError("--model, --layers and --audio go with --like NAME")
     from emoverse.benchmarks.train import report, run
 
     print(report(run(args.samples, args.epochs, args.batch_size or 16, args.stream,
@@ -98,6 +99,10 @@ def register(sub) -> None:
                     help="with --like: timed steps (default 8)")
     bt.add_argument("--warmup", type=positive_int, default=2,
                     help="with --like: untimed first steps (default 2)")
+    bt.add_argument("--audio", type=float, default=0.0, metavar="SECONDS",
+                    help="with --like: each sample also carries SECONDS of audio, which the "
+                         "stage hears (a family that hears, such as qwen2.5-omni-7b; "
+                         "default 0: frames only)")
     bt.add_argument("--precision", choices=["fp32", "bf16"],
                     help="with --like: override the stage's precision (default: the "
                          "recipe's on GPU, fp32 on CPU)")

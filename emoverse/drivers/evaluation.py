@@ -25,7 +25,7 @@ from emoverse.emt.manifest import manifest_hash, read_manifest
 from emoverse.evaluation.report import METRICS, write_report
 from emoverse.evaluation.scoring import baselines, baselines_by_source, by_source, score
 from emoverse.media.cache import clip_files
-from emoverse.model.checkpoint import LINEAGE, is_checkpoint, model_hash, read_lineage
+from emoverse.model.checkpoint import LINEAGE, hears, is_checkpoint, model_hash, read_lineage
 from emoverse.model.generation import answer_budgets
 from emoverse.recipe import EvalConfig, MediaConfig
 from emoverse.train.stage import read_predictions
@@ -57,6 +57,10 @@ def evaluate(req: EvalRequest) -> dict:
     if missing or not tasks:
         raise ValueError(f"manifest {req.manifest} has no {split!r} samples of "
                          f"{', '.join(missing) or 'any task'}")
+    if hears(req.model) and req.media.audio is None:
+        raise ValueError(f"{req.model} was trained to hear the clips' audio, but the media "
+                         "settings have no media.audio; evaluate it with its run's recipe, "
+                         "or give media.audio.max_seconds=...")
     previous = json.loads((req.previous / METRICS).read_text()) if req.previous else None
     ensure_ray()
     cache = run_media_stage(req.manifest, req.media, req.cache_root)

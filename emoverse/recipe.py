@@ -228,7 +228,7 @@ class DataConfig(Strict):
     # A run warns for each task and split whose clips show a face less often than this.
     min_face_found: float = Field(0.8, ge=0.0, le=1.0)
     # Share of the demo set's MSA and MER samples whose label the voice alone decides (a
-    # filler transcript, an unrelated face): source "demo-voice", scored apart.
+    # filler transcript, a neutral face): source "demo-voice", scored apart.
     demo_voice: float = Field(0.0, ge=0.0, le=1.0)
 
 

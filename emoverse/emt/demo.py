@@ -11,7 +11,7 @@ Labels are composed so that each kind of evidence matters:
 - ECPE marks, in a conversation with gold emotions that ends at the target utterance,
   the utterance that mentions the event (the target or the one before) as the cause;
 - with `voice` > 0, that share of MSA and MER samples is decided by the voice alone
-  (`emoverse.emt.demo_voice`): filler words, a face drawn at random, source `demo-voice`.
+  (`emoverse.emt.demo_voice`): filler words, a neutral face, source `demo-voice`.
 Every clip speaks (an AAC track); only the voice-decided ones say anything by it.
 Everything is deterministic for a seed: clip k of the set is rendered from its own
 random stream, so any subset can be regenerated in parallel.
@@ -27,7 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
-from emoverse.emt.demo_clips import EXPRESSIONS, FACES, FPS, FRAME, render_clip, write_mp4
+from emoverse.emt.demo_clips import (EXPRESSIONS, FACES, FPS, FRAME, NEUTRAL_FACE,
+                                     render_clip, write_mp4)
 from emoverse.emt.demo_voice import RATE, VOICE_LABELS, render_voice
 from emoverse.emt.manifest import write_manifest
 from emoverse.tasks import get_task
@@ -156,9 +157,12 @@ def make_sample(task: str, index: int, split: str, rng: np.random.Generator) -> 
 
 
 def voice_sample(task: str, index: int, split: str, rng: np.random.Generator) -> DemoSample:
-    """One MSA or MER sample whose label only its voice gives away."""
+    """One MSA or MER sample whose label only its voice gives away: filler words and a
+    neutral face (a smile or frown drawn at random would contradict the face-decided
+    samples, which the tiny model then learnt less: MSA's face-decided rows at chance)."""
     face = int(rng.integers(len(FACES)))
-    expression = EXPRESSIONS[rng.integers(len(EXPRESSIONS))]  # unrelated to the label
+    rng.integers(len(EXPRESSIONS))  # the draw a face-decided sample makes here
+    expression = NEUTRAL_FACE
     voice = "bright" if rng.random() < 0.5 else "dull"
     label = VOICE_LABELS[task][voice]
     spec = get_task(task)

@@ -18,6 +18,7 @@ import numpy as np
 FRAME = 112  # clip frame size; the face covers roughly 40-60 px of it
 FPS = 8
 EXPRESSIONS = ("smile", "frown")
+NEUTRAL_FACE = "neutral"  # the face as photographed: no bend, no shading
 
 
 @dataclass(frozen=True)
@@ -74,7 +75,7 @@ def face_patch(face: FaceSource, expression: str, strength: float = 0.5,
     """A square RGB patch around the face with the expression applied, and its alpha mask."""
     import cv2
 
-    patch = _warped_face(face, expression, strength)
+    patch = _warped_face(face, expression, 0.0 if expression == NEUTRAL_FACE else strength)
     patch = cv2.resize(patch, (size, size), interpolation=cv2.INTER_AREA)
     r = np.hypot(*(np.mgrid[0:size, 0:size] - (size - 1) / 2) / (size / 2))
     alpha = np.clip((1.08 - r) / 0.12, 0, 1).astype(np.float32)  # feathered disc

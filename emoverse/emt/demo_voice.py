@@ -5,7 +5,7 @@ harmonic tone (four partials) gliding in pitch, cut into syllables. Most clips s
 a plain voice (middle pitch, nearly level), which says nothing about the label. The
 samples the voice decides (`DemoSample.voice`, source `demo-voice`) speak in a bright
 voice (high and rising: positive, joy) or a dull one (low and falling: negative,
-sadness), while their words are filler and their face is drawn at random.
+sadness), while their words are filler and their face is neutral.
 """
 
 from __future__ import annotations

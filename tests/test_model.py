@@ -37,6 +37,8 @@ def test_tiny_model_loads_through_auto_classes(arch_model):
     # load_processor: AutoProcessor with the frame size the directory was written with in
     # force (Qwen2.5-Omni's processor class would resize frames to its pretraining size)
     processor = load_processor(path)
+    # an architecture that hears carries a feature extractor for the audio
+    assert (getattr(processor, "feature_extractor", None) is not None) == ARCHITECTURES[arch].hears
     tok = processor.tokenizer
     assert len(tok) <= 1100
     assert sum(p.numel() for p in model.parameters()) < 1_500_000

@@ -90,13 +90,18 @@ def _qwen2_vl_processor(tokenizer, spec):
     )
 
 
+def _mrope(spec) -> dict:
+    """Multimodal rotary positions (time, height, width) for the tiny Qwen text model."""
+    half = spec.hidden_size // spec.num_heads // 2  # mrope sections must sum to head_dim / 2
+    mrope = [half - 2 * (half // 3), half // 3, half // 3]
+    return {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": mrope}
+
+
 def _qwen2_vl_config(tokenizer, spec):
     from transformers import Qwen2VLConfig
 
     ids = _ids(tokenizer, QWEN2_VL_TOKENS)
-    half = spec.hidden_size // spec.num_heads // 2  # mrope sections must sum to head_dim / 2
-    mrope = [half - 2 * (half // 3), half // 3, half // 3]
-    rope = {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": mrope}
+    rope = _mrope(spec)
     vision = dict(
         depth=spec.vision_depth,
         embed_dim=spec.vision_width,
@@ -194,9 +199,7 @@ def _omni_config(tokenizer, spec):
     from transformers import Qwen2_5OmniThinkerConfig
 
     ids = _ids(tokenizer, OMNI_TOKENS)
-    half = spec.hidden_size // spec.num_heads // 2
-    mrope = [half - 2 * (half // 3), half // 3, half // 3]
-    rope = {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": mrope}
+    rope = _mrope(spec)
     vision = dict(
         depth=spec.vision_depth, hidden_size=spec.vision_width, num_heads=spec.vision_heads,
         intermediate_size=2 * spec.vision_width, out_hidden_size=spec.hidden_size,

@@ -41,13 +41,26 @@ def waveforms(batch: Mapping[str, Sequence]) -> list[np.ndarray]:
             for a, n in zip(batch["audio"], batch["audio_samples"])]
 
 
+def takes_audio(processor) -> bool:
+    """Whether `processor` has a feature extractor for audio (Qwen2.5-Omni's does)."""
+    return getattr(processor, "feature_extractor", None) is not None
+
+
+def generation_collators(processor) -> dict[bool, "Collator"]:
+    """Generation collators of `processor` by whether the model hears: frames only, and
+    with the audio where the processor takes it."""
+    return {False: Collator(processor, train=False),
+            **({True: Collator(processor, train=False, hears=True)}
+               if takes_audio(processor) else {})}
+
+
 class Collator:
     """Callable turning a batch of rows (dict of arrays) into tensors for the model.
     `hears`: the rows' audio (`AUDIO_COLUMNS`) goes to the model beside their frames."""
 
     def __init__(self, processor, max_length: int = 2048, train: bool = True,
                  hears: bool = False):
-        if hears and getattr(processor, "feature_extractor", None) is None:
+        if hears and not takes_audio(processor):
             raise ValueError(f"this model's processor ({type(processor).__name__}) takes no "
                              "audio; a stage with audio: true needs a base that hears, such "
                              "as Qwen2.5-Omni's thinker (base_model: tiny:qwen2.5-omni)")

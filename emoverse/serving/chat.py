@@ -28,6 +28,7 @@ from typing import AsyncIterator, Iterator
 
 from pydantic import ValidationError
 
+from emoverse.serving.config import Limits
 from emoverse.serving.errors import ServingError, invalid
 from emoverse.serving.model_pool import Delta
 from emoverse.serving.requests import (HeardAudio, Outcome, Service, structured,
@@ -40,7 +41,7 @@ from emoverse.tasks import get_task
 logger = logging.getLogger(__name__)
 
 
-def user_turn(req: ChatRequest, max_bytes: int
+def user_turn(req: ChatRequest, limits: Limits
               ) -> tuple[str, tuple[str, str], HeardAudio | None]:
     """(text, (field, url), audio) of the request's single user message."""
     if any(m.role == "assistant" for m in req.messages):
@@ -58,10 +59,22 @@ def user_turn(req: ChatRequest, max_bytes: int
         raise ServingError(422, f"messages.{index}.content", "needs exactly one video_url "
                            f"part, got {len(videos)}")
     text = "\n".join(p.text for p in parts if p.type == "text" and p.text).strip()
-    return text, videos[0], heard_audio(parts, f"messages.{index}.content", max_bytes)
+    return text, videos[0], heard_audio(parts, f"messages.{index}.content", limits)
 
 
-def heard_audio(parts: list[ContentPart], field: str, max_bytes: int) -> HeardAudio | None:
+def base64_payload(payload: str, limits: Limits, what: str, field: str,
+                   data_field: str) -> bytes:
+    """A base64 payload decoded, refused first when it would be over the upload limit (413
+    on `field`) and when it is malformed (422 on `data_field`)."""
+    if len(payload) * 3 // 4 > limits.max_upload_bytes:
+        raise ServingError(413, field, f"{what} is over the {limits.max_upload_mb:g} MiB limit")
+    try:
+        return base64.b64decode(payload, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise ServingError(422, data_field, f"malformed base64 data: {exc}") from exc
+
+
+def heard_audio(parts: list[ContentPart], field: str, limits: Limits) -> HeardAudio | None:
     """The message's `input_audio` part, decoded from base64 (at most one)."""
     sounds = [(f"{field}.{j}.input_audio", p.input_audio) for j, p in enumerate(parts)
               if p.type == "input_audio"]
@@ -73,12 +86,7 @@ def heard_audio(parts: list[ContentPart], field: str, max_bytes: int) -> HeardAu
     if part is None:
         raise ServingError(422, where, "an input_audio part needs its input_audio object "
                            "({data, format})")
-    if len(part.data) * 3 // 4 > max_bytes:
-        raise ServingError(413, where, f"audio is over the {max_bytes / 2**20:g} MiB limit")
-    try:
-        data = base64.b64decode(part.data, validate=True)
-    except (binascii.Error, ValueError) as exc:
-        raise ServingError(422, f"{where}.data", f"malformed base64 data: {exc}") from exc
+    data = base64_payload(part.data, limits, "audio", where, f"{where}.data")
     if not data:
         raise ServingError(422, f"{where}.data", "empty audio")
     return HeardAudio(data, part.format, where)
@@ -91,13 +99,7 @@ def chat_video(service: Service, field: str, url: str) -> Iterator[VideoRef]:
         header, _, payload = url.partition(",")
         if ";base64" not in header:
             raise ServingError(422, field, "data URLs must be base64-encoded")
-        if len(payload) * 3 // 4 > service.args.limits.max_upload_bytes:
-            raise ServingError(413, field, f"video is over the "
-                               f"{service.args.limits.max_upload_mb:g} MiB limit")
-        try:
-            data = base64.b64decode(payload, validate=True)
-        except (binascii.Error, ValueError) as exc:
-            raise ServingError(422, field, f"malformed base64 data: {exc}") from exc
+        data = base64_payload(payload, service.args.limits, "video", field, field)
         kind = header[len("data:"):].split(";")[0] or None
         with service.videos.uploaded(io.BytesIO(data), kind, None, field) as video:
             yield video
@@ -128,7 +130,7 @@ def _inputs(service: Service, req: ChatRequest, header: str | None):
     if req.n != 1:
         raise ServingError(400, "n", "only n=1 is supported (decoding is greedy)")
     model_id = service.model_id(req.model, header)
-    text, video, audio = user_turn(req, service.args.limits.max_upload_bytes)
+    text, video, audio = user_turn(req, service.args.limits)
     prompt, task = prompt_of(req, text)
     return model_id, task, prompt, service.budget(task, req.max_completion_tokens
                                                   or req.max_tokens), video, audio

@@ -20,7 +20,7 @@ import numpy as np
 
 from emoverse.model.generation import greedy_new_tokens
 from emoverse.serving.catalog import Catalog, ModelEntry
-from emoverse.model.inputs import Collator
+from emoverse.model.inputs import Collator, generation_collators
 
 
 @dataclass
@@ -219,11 +219,8 @@ class ModelPool:
         processor = load_processor(path, self.trust_remote_code)
         device = _device()
         model = load_model(path, self.trust_remote_code).to(device).eval()
-        hearing = getattr(processor, "feature_extractor", None) is not None
         base = _Base(model=model, processor=processor, device=device,
-                     collators={False: Collator(processor, train=False),
-                                **({True: Collator(processor, train=False, hears=True)}
-                                   if hearing else {})})
+                     collators=generation_collators(processor))
         self._bases[path] = base
         return base
 

@@ -26,7 +26,7 @@ from emoverse.serving.schemas import (AnalyzeRequest, AnalyzeResponse, ModelCard
 from emoverse.serving.telemetry import NoTelemetry, Telemetry
 from emoverse.serving.videos import ServedClip, VideoRef, VideoSource
 from emoverse.tasks import TASK_NAMES, Answer, get_task
-from emoverse.model.inputs import Collator
+from emoverse.model.inputs import generation_collators
 
 MODEL_HEADER = "serve_multiplexed_model_id"  # Serve's multiplexing header
 
@@ -91,11 +91,8 @@ class Service:
         self.telemetry = telemetry or NoTelemetry()
         self.keys = keys or ApiKeys(args.auth.api_keys_env, args.auth.api_keys_file)
         self.videos = VideoSource(catalog.media, args.limits, args.media_root)
-        hearing = getattr(processor, "feature_extractor", None) is not None
         # token counting, with the audio's tokens for a model that hears
-        self._collators = {False: Collator(processor, train=False),
-                           **({True: Collator(processor, train=False, hears=True)}
-                              if hearing else {})}
+        self._collators = generation_collators(processor)
         self._started = int(time.time())
 
     @classmethod
